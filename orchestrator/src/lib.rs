@@ -1,0 +1,20 @@
+//! The checkout saga orchestrator: `CheckoutService` and the gRPC clients of the four services
+//! it coordinates.
+//!
+//! # Layout
+//! * [`api`]: the `CheckoutService` handlers and the server that carries them.
+//! * [`clients`]: the gRPC clients of cart, inventory, payment and fulfillment. The orchestrator
+//!   talks to the services only through these, also when all five run in one process.
+//! * migrations: `migrations/sqlite/orchestrator` and `migrations/postgres/orchestrator`,
+//!   embedded in [`MIGRATIONS`].
+
+pub mod api;
+pub mod clients;
+
+use checkout_kit::db::Migrations;
+
+/// The orchestrator's database migrations for both backends.
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("../migrations/sqlite/orchestrator"),
+    postgres: sqlx::migrate!("../migrations/postgres/orchestrator"),
+};

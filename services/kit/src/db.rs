@@ -1,0 +1,415 @@
+//! Database backends: SQLite (the embedded default) and PostgreSQL, picked by the URL scheme.
+//!
+//! Storage modules write each statement once and run it on either backend through
+//! [`on_backend!`](crate::on_backend): the SQL is portable (`$1` placeholders, `ON CONFLICT`,
+//! `RETURNING`, epoch-millisecond timestamps, integer money), and the macro compiles the same
+//! body once per backend. Where the backends truly differ, a storage module matches on [`Tx`]
+//! itself.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+/// Which database engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file (`sqlite:` URLs).
+    Sqlite,
+    /// PostgreSQL server (`postgres:` or `postgresql:` URLs).
+    Postgres,
+}
+
+impl Backend {
+    /// Picks the backend from a database URL's scheme.
+    pub fn from_url(url: &str) -> Result<Self, DbError> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Self::Sqlite),
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            _ => Err(DbError::UnsupportedUrl {
+                url: redact_url(url),
+            }),
+        }
+    }
+}
+
+/// Errors of connecting to, migrating and querying a database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL names no backend this system supports.
+    #[error("unsupported database URL `{url}`: expected `sqlite:` or `postgres:`")]
+    UnsupportedUrl {
+        /// The URL with any password removed.
+        url: String,
+    },
+    /// The database could not be created, opened or reached.
+    #[error("cannot open database `{url}`")]
+    Connect {
+        /// The URL with any password removed.
+        url: String,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed.
+    #[error("cannot migrate database `{url}`")]
+    Migrate {
+        /// The URL with any password removed.
+        url: String,
+        /// What the migrator said.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A statement failed.
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+impl DbError {
+    /// True for failures worth retrying: lost connections, pool exhaustion, lock contention,
+    /// serialization failures and deadlocks.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Query(e) => is_transient(e),
+            Self::Connect { source, .. } => is_transient(source),
+            Self::UnsupportedUrl { .. } | Self::Migrate { .. } => false,
+        }
+    }
+
+    /// True when a unique or primary-key constraint refused the statement.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Query(e) if is_unique_violation(e))
+    }
+}
+
+/// True when a unique or primary-key constraint refused the statement, on either backend.
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// True for failures worth retrying, on either backend.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(d) => matches!(
+            d.code().as_deref(),
+            // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
+            Some("5" | "6" | "261" | "262" | "517" | "773")
+            // Postgres: serialization_failure, deadlock_detected, lock_not_available,
+            // too_many_connections, admin shutdown / crash shutdown / cannot connect now.
+            | Some("40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03")
+        ),
+        _ => false,
+    }
+}
+
+/// Removes the password (from the user info and from a `password=` parameter) so a URL can be
+/// printed.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{user}:***@{host}")
+        }
+        _ => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// Pool sizing and timeouts.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Most connections the pool opens (SQLite: readers; writers queue on the write lock).
+    pub max_connections: u32,
+    /// How long a caller waits for a free connection before the request fails as transient.
+    pub acquire_timeout: Duration,
+    /// How long SQLite waits on a locked database before answering SQLITE_BUSY.
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            sqlite_busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The per-backend migration sets of one service, embedded at build time with
+/// `sqlx::migrate!("../../migrations/<backend>/<service>")`.
+#[derive(Debug)]
+pub struct Migrations {
+    /// Migrations under `migrations/sqlite/<service>`.
+    pub sqlite: Migrator,
+    /// Migrations under `migrations/postgres/<service>`.
+    pub postgres: Migrator,
+}
+
+/// A connection pool on one of the two backends.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// SQLite pool (WAL, busy timeout, foreign keys on).
+    Sqlite(SqlitePool),
+    /// PostgreSQL pool.
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Opens the database the URL names, creating it when it does not exist yet.
+    pub async fn connect(url: &str, config: &PoolConfig) -> Result<Self, DbError> {
+        let connect_err = |source| DbError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        match Backend::from_url(url)? {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(connect_err)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // NORMAL is durable in WAL mode except for the last commits before a power
+                    // loss; process crashes (what the chaos runs inject) lose nothing.
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(config.sqlite_busy_timeout)
+                    .foreign_keys(true);
+                if let Some(parent) = std::path::Path::new(options.get_filename()).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Self::Sqlite(pool))
+            }
+            Backend::Postgres => {
+                let options = PgConnectOptions::from_str(url).map_err(connect_err)?;
+                if !Postgres::database_exists(url).await.map_err(connect_err)? {
+                    match Postgres::create_database(url).await {
+                        Ok(()) => {}
+                        // Another process created it between the check and the create.
+                        Err(e) if is_unique_violation(&e) => {}
+                        Err(e) => return Err(connect_err(e)),
+                    }
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.acquire_timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Self::Postgres(pool))
+            }
+        }
+    }
+
+    /// Which backend this pool talks to.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the pending migrations for this backend; already applied ones are skipped.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
+        let result = match self {
+            Self::Sqlite(pool) => migrations.sqlite.run(pool).await,
+            Self::Postgres(pool) => migrations.postgres.run(pool).await,
+        };
+        result.map_err(|source| DbError::Migrate {
+            url: self.describe(),
+            source,
+        })
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so two writers never both read and then fail to upgrade their lock.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Starts a read-only transaction (a consistent snapshot; on SQLite a deferred `BEGIN`).
+    pub async fn begin_read(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Self::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            Self::Postgres(pool) => Tx::Postgres(
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
+        })
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// A printable name of the database (file name or redacted connection target).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(pool) => format!(
+                "sqlite://{}",
+                pool.connect_options().get_filename().display()
+            ),
+            Self::Postgres(pool) => {
+                let o = pool.connect_options();
+                format!(
+                    "postgres://{}:{}/{}",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_database().unwrap_or_default()
+                )
+            }
+        }
+    }
+}
+
+/// An open transaction on one of the two backends.
+#[derive(Debug)]
+pub enum Tx {
+    /// SQLite transaction.
+    Sqlite(Transaction<'static, Sqlite>),
+    /// PostgreSQL transaction.
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl Tx {
+    /// Makes the transaction's changes durable.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(tx) => tx.commit().await?,
+            Self::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Discards the transaction's changes.
+    pub async fn rollback(self) -> Result<(), DbError> {
+        match self {
+            Self::Sqlite(tx) => tx.rollback().await?,
+            Self::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+
+    /// Which backend this transaction runs on.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Sqlite(_) => Backend::Sqlite,
+            Self::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// Runs the same body on whichever backend a [`Tx`] holds, with `$conn` bound to the
+/// backend's `&mut Connection`. Use `&mut *$conn` as the executor of each statement.
+///
+/// ```ignore
+/// let n: i64 = on_backend!(tx, conn => {
+///     sqlx::query_scalar("SELECT count(*) FROM carts").fetch_one(&mut *conn).await?
+/// });
+/// ```
+#[macro_export]
+macro_rules! on_backend {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite(tx) => {
+                let $conn: &mut ::sqlx::SqliteConnection = &mut **tx;
+                $body
+            }
+            $crate::db::Tx::Postgres(tx) => {
+                let $conn: &mut ::sqlx::PgConnection = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+/// Milliseconds since the Unix epoch: the one timestamp representation in every table.
+pub fn now_millis() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_the_scheme() {
+        assert_eq!(
+            Backend::from_url("sqlite://data/cart.db").unwrap(),
+            Backend::Sqlite
+        );
+        assert_eq!(
+            Backend::from_url("sqlite::memory:").unwrap(),
+            Backend::Sqlite
+        );
+        assert_eq!(
+            Backend::from_url("postgres://u@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://u@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert!(matches!(
+            Backend::from_url("mysql://u@h/db"),
+            Err(DbError::UnsupportedUrl { .. })
+        ));
+        assert!(Backend::from_url("nonsense").is_err());
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert!(!redact_url("postgres://u:p%40ss@h").contains("p%40ss"));
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=pw"),
+            "postgres://h/db?user=u&password=***"
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! The idempotency layer behind every mutating RPC (DESIGN §5).
+//!
+//! A key is the RPC (its scope) plus the caller's `request_id`; the request's fingerprint is a
+//! SHA-256 of its canonical encoding without the `request_id`. Two ways to use it:
+//!
+//! * Database-only effects: [`Idempotency::begin`] opens one write transaction that claims the
+//!   key; the handler makes its change in [`Pending::tx`]; [`Pending::finish`] stores the answer
+//!   in the same transaction and commits. The effect happens exactly once, and concurrent
+//!   duplicates wait for the first and then replay its answer. The [`idempotent!`] macro writes
+//!   this for a handler.
+//! * Effects outside the database (the payment processor): [`Idempotency::start`] commits the
+//!   claim at once and hands out an [`Execution`] with recovery points and a stable
+//!   [`external key`](Execution::external_key), so a crash between "recorded the intent" and
+//!   "recorded the processor's answer" resumes at the last recovery point with the same key.
+//!
+//! Rules: a done key with the same fingerprint replays the stored answer byte for byte (business
+//! errors included); a different fingerprint is `INVALID_ARGUMENT` IDEMPOTENCY_KEY_REUSED; a key
+//! in progress under a live lock is `ABORTED` REQUEST_IN_PROGRESS; a stale lock is taken over;
+//! transient failures are not stored. Keys expire after the retention window and
+//! [`Idempotency::spawn_collector`] deletes them in bounded batches.
+
+mod key;
+mod requests;
+mod store;
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use prost::Message;
+use tonic::{Code, Status};
+
+use crate::db::{Db, DbError, Tx};
+use crate::shutdown::Shutdown;
+use crate::status::{self, Rejection};
+
+pub use key::{IdempotentRequest, Key};
+use store::{ClaimOutcome, Found, StoredAnswer};
+
+/// Reason of a request whose key was used before for a different request.
+pub const KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+/// Reason of a request whose key is being executed by another caller right now.
+pub const IN_PROGRESS: &str = "REQUEST_IN_PROGRESS";
+
+/// Settings of the idempotency layer.
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered after it was first claimed (default 24 h).
+    pub retention: Duration,
+    /// How long a claim of an external effect stays locked before another caller may take it
+    /// over, assuming its holder crashed (default 30 s).
+    pub lock_ttl: Duration,
+    /// How often the collector looks for expired keys (default 60 s).
+    pub collect_interval: Duration,
+    /// How many keys the collector deletes per statement (default 500).
+    pub collect_batch: u32,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 60 * 60),
+            lock_ttl: Duration::from_secs(30),
+            collect_interval: Duration::from_secs(60),
+            collect_batch: 500,
+        }
+    }
+}
+
+/// The idempotency layer over one service's database.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    db: Db,
+    config: IdempotencyConfig,
+}
+
+/// What claiming a key found.
+#[derive(Debug)]
+pub enum Claimed<T> {
+    /// The key was done before: its stored answer.
+    Replay(Result<T, Status>),
+    /// The key is ours: run the effect.
+    New(Pending<T>),
+}
+
+/// A claimed key inside an open write transaction (database-only effects).
+#[derive(Debug)]
+pub struct Pending<T> {
+    key: Key,
+    lock_token: String,
+    tx: Tx,
+    _answer: PhantomData<fn() -> T>,
+}
+
+/// What starting an external effect found.
+#[derive(Debug)]
+pub enum Started<T> {
+    /// The key was done before: its stored answer.
+    Replay(Result<T, Status>),
+    /// The key is ours (new, or taken over from a crashed holder): run or resume the effect.
+    Run(Execution<T>),
+}
+
+/// A committed claim of an effect outside the database, with its recovery point.
+#[derive(Debug)]
+pub struct Execution<T> {
+    key: Key,
+    lock_token: String,
+    lock_ttl: Duration,
+    recovery_point: String,
+    recovery_data: Option<Vec<u8>>,
+    _answer: PhantomData<fn() -> T>,
+}
+
+/// The recovery point of a freshly claimed key.
+pub const STARTED: &str = "started";
+
+/// True when an answer with this code is final and is stored for replay; transient and
+/// internal failures are not, so a retry runs again.
+pub fn is_final(code: Code) -> bool {
+    match code {
+        Code::Ok
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unauthenticated => true,
+        Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss => false,
+    }
+}
+
+impl Idempotency {
+    /// The layer over a migrated database (its `idempotency_keys` table).
+    pub fn new(db: Db, config: IdempotencyConfig) -> Self {
+        Self { db, config }
+    }
+
+    /// The layer's settings.
+    pub fn config(&self) -> &IdempotencyConfig {
+        &self.config
+    }
+
+    /// Claims a key for a database-only effect inside a new write transaction.
+    pub async fn begin<T: Message + Default>(&self, key: Key) -> Result<Claimed<T>, Status> {
+        let mut tx = self.db.begin().await.map_err(db_status)?;
+        let token = new_token();
+        let outcome = store::claim(&mut tx, &key, &token, &self.config)
+            .await
+            .map_err(db_status)?;
+        match outcome {
+            ClaimOutcome::Claimed { .. } => {
+                // Business refusals roll back to here, so the key keeps the refusal and the
+                // handler's partial changes vanish.
+                store::savepoint(&mut tx).await.map_err(db_status)?;
+                Ok(Claimed::New(Pending {
+                    key,
+                    lock_token: token,
+                    tx,
+                    _answer: PhantomData,
+                }))
+            }
+            ClaimOutcome::Found(found) => {
+                tx.rollback().await.map_err(db_status)?;
+                Ok(Claimed::Replay(settle(&key, found)?))
+            }
+        }
+    }
+
+    /// Claims a key for an effect outside the database; the claim is committed at once.
+    pub async fn start<T: Message + Default>(&self, key: Key) -> Result<Started<T>, Status> {
+        let mut tx = self.db.begin().await.map_err(db_status)?;
+        let token = new_token();
+        let outcome = store::claim(&mut tx, &key, &token, &self.config)
+            .await
+            .map_err(db_status)?;
+        tx.commit().await.map_err(db_status)?;
+        match outcome {
+            ClaimOutcome::Claimed {
+                recovery_point,
+                recovery_data,
+            } => Ok(Started::Run(Execution {
+                key,
+                lock_token: token,
+                lock_ttl: self.config.lock_ttl,
+                recovery_point,
+                recovery_data,
+                _answer: PhantomData,
+            })),
+            ClaimOutcome::Found(found) => Ok(Started::Replay(settle(&key, found)?)),
+        }
+    }
+
+    /// Deletes up to one batch of expired keys; returns how many went.
+    pub async fn collect_expired(&self) -> Result<u64, DbError> {
+        let mut tx = self.db.begin().await?;
+        let deleted = store::delete_expired(&mut tx, self.config.collect_batch).await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Runs the collector until shutdown: every interval, delete expired keys batch by batch.
+    pub fn spawn_collector(&self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+        let layer = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.clone().requested() => return,
+                    () = tokio::time::sleep(layer.config.collect_interval) => {}
+                }
+                loop {
+                    match layer.collect_expired().await {
+                        Ok(n) if n >= u64::from(layer.config.collect_batch) => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %status::error_chain(&e), "collecting expired idempotency keys failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl<T: Message + Default> Pending<T> {
+    /// The transaction the effect runs in.
+    pub fn tx(&mut self) -> &mut Tx {
+        &mut self.tx
+    }
+
+    /// Stores a final answer with the effect and commits; a transient failure rolls everything
+    /// back, key included, so a retry runs again.
+    pub async fn finish(mut self, result: Result<T, Status>) -> Result<T, Status> {
+        let answer = StoredAnswer::of(&result);
+        if !is_final(answer.code) {
+            self.tx.rollback().await.map_err(db_status)?;
+            return result;
+        }
+        if answer.code != Code::Ok {
+            store::rollback_to_savepoint(&mut self.tx)
+                .await
+                .map_err(db_status)?;
+        }
+        let fenced = store::complete(&mut self.tx, &self.key, &self.lock_token, &answer)
+            .await
+            .map_err(db_status)?;
+        if !fenced {
+            self.tx.rollback().await.map_err(db_status)?;
+            return Err(taken_over());
+        }
+        self.tx.commit().await.map_err(db_status)?;
+        result
+    }
+}
+
+impl<T: Message + Default> Execution<T> {
+    /// Where a previous holder got to ([`STARTED`] for a new key).
+    pub fn recovery_point(&self) -> &str {
+        &self.recovery_point
+    }
+
+    /// What the previous holder recorded with its recovery point.
+    pub fn recovery_data(&self) -> Option<&[u8]> {
+        self.recovery_data.as_deref()
+    }
+
+    /// A key for the external system that stays the same across retries, crashes and
+    /// takeovers of this request.
+    pub fn external_key(&self) -> String {
+        self.key.external_key()
+    }
+
+    /// Records a recovery point in the caller's transaction, together with its business write,
+    /// and extends the lock; refused with `ABORTED` if another caller took the key over.
+    pub async fn checkpoint(
+        &mut self,
+        tx: &mut Tx,
+        point: &str,
+        data: Option<&[u8]>,
+    ) -> Result<(), Status> {
+        let fenced = store::advance(tx, &self.key, &self.lock_token, point, data, self.lock_ttl)
+            .await
+            .map_err(db_status)?;
+        if !fenced {
+            return Err(taken_over());
+        }
+        self.recovery_point = point.to_owned();
+        self.recovery_data = data.map(<[u8]>::to_vec);
+        Ok(())
+    }
+
+    /// Stores the final answer in the caller's transaction (with its business write) and
+    /// commits it. A transient failure is not stored: the claim is unlocked so a retry resumes
+    /// at once from the last recovery point.
+    pub async fn finish(self, mut tx: Tx, result: Result<T, Status>) -> Result<T, Status> {
+        let answer = StoredAnswer::of(&result);
+        let fenced = if is_final(answer.code) {
+            store::complete(&mut tx, &self.key, &self.lock_token, &answer).await
+        } else {
+            store::unlock(&mut tx, &self.key, &self.lock_token).await
+        }
+        .map_err(db_status)?;
+        if !fenced {
+            tx.rollback().await.map_err(db_status)?;
+            return Err(taken_over());
+        }
+        tx.commit().await.map_err(db_status)?;
+        result
+    }
+}
+
+/// Runs a database-only effect once per key: replays a stored answer, or claims the key, runs
+/// `$body` with `$tx: &mut Tx` and stores its `Result<T, Status>`.
+///
+/// ```ignore
+/// let cart = idempotent!(self.idempotency, Key::new(SCOPE, &request)?, |tx| {
+///     storage::add_item(tx, &request).await
+/// })?;
+/// ```
+#[macro_export]
+macro_rules! idempotent {
+    ($layer:expr, $key:expr, |$tx:ident| $body:expr) => {
+        match $layer.begin($key).await? {
+            $crate::idempotency::Claimed::Replay(answer) => answer,
+            $crate::idempotency::Claimed::New(mut pending) => {
+                let result = {
+                    let $tx = pending.tx();
+                    $body
+                };
+                pending.finish(result).await
+            }
+        }
+    };
+}
+
+fn settle<T: Message + Default>(key: &Key, found: Found) -> Result<Result<T, Status>, Status> {
+    match found {
+        Found::Done(answer) => answer.replay(),
+        Found::Reused => Err(Rejection::new(
+            Code::InvalidArgument,
+            KEY_REUSED,
+            "request_id was already used for a different request",
+        )
+        .violation("request_id", "already used for a different request")
+        .meta("scope", key.scope())
+        .into_status()),
+        Found::Locked => Err(Rejection::new(
+            Code::Aborted,
+            IN_PROGRESS,
+            "a request with this request_id is still in progress; retry later",
+        )
+        .meta("scope", key.scope())
+        .into_status()),
+    }
+}
+
+fn taken_over() -> Status {
+    Rejection::new(
+        Code::Aborted,
+        IN_PROGRESS,
+        "the request was taken over by another attempt; retry",
+    )
+    .into_status()
+}
+
+fn new_token() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Maps a database failure: transient ones become `UNAVAILABLE`, others `INTERNAL`.
+pub(crate) fn db_status(e: DbError) -> Status {
+    if e.is_transient() {
+        status::unavailable(&e)
+    } else {
+        status::internal(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! The SQL of the idempotency layer: the `idempotency_keys` table on both backends.
+
+use std::time::Duration;
+
+use prost::Message;
+use prost::bytes::Bytes;
+use tonic::{Code, Status};
+
+use super::{IdempotencyConfig, Key, STARTED};
+use crate::db::{DbError, Tx, now_millis};
+use crate::on_backend;
+use crate::status;
+
+/// What a claim found.
+pub(super) enum ClaimOutcome {
+    /// The key is ours; resume from this recovery point.
+    Claimed {
+        recovery_point: String,
+        recovery_data: Option<Vec<u8>>,
+    },
+    /// The key was there already.
+    Found(Found),
+}
+
+/// A key that was there already and is not ours.
+pub(super) enum Found {
+    /// Done, with the same fingerprint: its answer.
+    Done(StoredAnswer),
+    /// Used for a different request.
+    Reused,
+    /// In progress under a live lock.
+    Locked,
+}
+
+/// An answer as stored: status code, message, and the encoded response or error details.
+pub(super) struct StoredAnswer {
+    pub(super) code: Code,
+    message: String,
+    body: Vec<u8>,
+}
+
+impl StoredAnswer {
+    /// The storable form of a handler's result.
+    pub(super) fn of<T: Message>(result: &Result<T, Status>) -> Self {
+        match result {
+            Ok(response) => Self {
+                code: Code::Ok,
+                message: String::new(),
+                body: response.encode_to_vec(),
+            },
+            Err(status) => Self {
+                code: status.code(),
+                message: status.message().to_owned(),
+                body: status.details().to_vec(),
+            },
+        }
+    }
+
+    /// The stored answer as the handler first gave it.
+    pub(super) fn replay<T: Message + Default>(self) -> Result<Result<T, Status>, Status> {
+        if self.code == Code::Ok {
+            return T::decode(self.body.as_slice())
+                .map(Ok)
+                .map_err(|e| status::internal(&e));
+        }
+        Ok(Err(Status::with_details(
+            self.code,
+            self.message,
+            Bytes::from(self.body),
+        )))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    fingerprint: Vec<u8>,
+    state: String,
+    response_code: Option<i32>,
+    response_message: Option<String>,
+    response_body: Option<Vec<u8>>,
+    recovery_point: String,
+    recovery_data: Option<Vec<u8>>,
+    lock_token: String,
+    locked_until: i64,
+    expires_at: i64,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Claims `key` for `token`: inserts it, takes over a stale or expired row, or reports what is
+/// there.
+pub(super) async fn claim(
+    tx: &mut Tx,
+    key: &Key,
+    token: &str,
+    config: &IdempotencyConfig,
+) -> Result<ClaimOutcome, DbError> {
+    let now = now_millis();
+    let locked_until = now.saturating_add(millis(config.lock_ttl));
+    let expires_at = now.saturating_add(millis(config.retention));
+    let fingerprint = key.fingerprint().as_slice();
+
+    let inserted = on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO idempotency_keys \
+               (scope, request_id, fingerprint, state, recovery_point, lock_token, locked_until, \
+                created_at, expires_at) \
+             VALUES ($1, $2, $3, 'in_progress', $4, $5, $6, $7, $8) \
+             ON CONFLICT (scope, request_id) DO NOTHING",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(fingerprint)
+        .bind(STARTED)
+        .bind(token)
+        .bind(locked_until)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    if inserted == 1 {
+        return Ok(ClaimOutcome::Claimed {
+            recovery_point: STARTED.to_owned(),
+            recovery_data: None,
+        });
+    }
+
+    let row: Option<KeyRow> = on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT fingerprint, state, response_code, response_message, response_body, \
+                    recovery_point, recovery_data, lock_token, locked_until, expires_at \
+             FROM idempotency_keys WHERE scope = $1 AND request_id = $2",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .fetch_optional(&mut *conn)
+        .await?
+    });
+    // Collected between the insert and the read: the caller retries and inserts anew.
+    let Some(row) = row else {
+        return Ok(ClaimOutcome::Found(Found::Locked));
+    };
+    let done = row.state == "done";
+    let unlocked = row.locked_until <= now;
+
+    if row.expires_at <= now && (done || unlocked) {
+        // Past retention the key is forgotten, whether or not the collector has run yet.
+        let reset = on_backend!(tx, conn => {
+            sqlx::query(
+                "UPDATE idempotency_keys SET fingerprint = $3, state = 'in_progress', \
+                   response_code = NULL, response_message = NULL, response_body = NULL, \
+                   recovery_point = $4, recovery_data = NULL, lock_token = $5, \
+                   locked_until = $6, created_at = $7, completed_at = NULL, expires_at = $8 \
+                 WHERE scope = $1 AND request_id = $2 AND lock_token = $9",
+            )
+            .bind(key.scope())
+            .bind(key.request_id())
+            .bind(fingerprint)
+            .bind(STARTED)
+            .bind(token)
+            .bind(locked_until)
+            .bind(now)
+            .bind(expires_at)
+            .bind(&row.lock_token)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+        });
+        return Ok(if reset == 1 {
+            ClaimOutcome::Claimed {
+                recovery_point: STARTED.to_owned(),
+                recovery_data: None,
+            }
+        } else {
+            ClaimOutcome::Found(Found::Locked)
+        });
+    }
+    if row.fingerprint.as_slice() != fingerprint {
+        return Ok(ClaimOutcome::Found(Found::Reused));
+    }
+    if done {
+        return Ok(ClaimOutcome::Found(Found::Done(StoredAnswer {
+            code: Code::from_i32(row.response_code.unwrap_or(Code::Unknown as i32)),
+            message: row.response_message.unwrap_or_default(),
+            body: row.response_body.unwrap_or_default(),
+        })));
+    }
+    if !unlocked {
+        return Ok(ClaimOutcome::Found(Found::Locked));
+    }
+
+    // A stale lock: its holder crashed or gave up. Take it over, fenced by the old token so two
+    // callers cannot both take it.
+    let taken = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE idempotency_keys SET lock_token = $3, locked_until = $4 \
+             WHERE scope = $1 AND request_id = $2 AND lock_token = $5 AND state = 'in_progress'",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(token)
+        .bind(locked_until)
+        .bind(&row.lock_token)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(if taken == 1 {
+        ClaimOutcome::Claimed {
+            recovery_point: row.recovery_point,
+            recovery_data: row.recovery_data,
+        }
+    } else {
+        ClaimOutcome::Found(Found::Locked)
+    })
+}
+
+/// Stores the final answer of the key held by `token`; false if the key is no longer held.
+pub(super) async fn complete(
+    tx: &mut Tx,
+    key: &Key,
+    token: &str,
+    answer: &StoredAnswer,
+) -> Result<bool, DbError> {
+    let now = now_millis();
+    let updated = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE idempotency_keys SET state = 'done', response_code = $3, \
+               response_message = $4, response_body = $5, completed_at = $6, locked_until = $6 \
+             WHERE scope = $1 AND request_id = $2 AND lock_token = $7 AND state = 'in_progress'",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(answer.code as i32)
+        .bind(&answer.message)
+        .bind(&answer.body)
+        .bind(now)
+        .bind(token)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(updated == 1)
+}
+
+/// Moves the key held by `token` to a new recovery point and extends its lock.
+pub(super) async fn advance(
+    tx: &mut Tx,
+    key: &Key,
+    token: &str,
+    point: &str,
+    data: Option<&[u8]>,
+    lock_ttl: Duration,
+) -> Result<bool, DbError> {
+    let locked_until = now_millis().saturating_add(millis(lock_ttl));
+    let updated = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE idempotency_keys SET recovery_point = $3, recovery_data = $4, \
+               locked_until = $5 \
+             WHERE scope = $1 AND request_id = $2 AND lock_token = $6 AND state = 'in_progress'",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(point)
+        .bind(data)
+        .bind(locked_until)
+        .bind(token)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(updated == 1)
+}
+
+/// Releases the lock of the key held by `token` at once, keeping its recovery point.
+pub(super) async fn unlock(tx: &mut Tx, key: &Key, token: &str) -> Result<bool, DbError> {
+    let now = now_millis();
+    let updated = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE idempotency_keys SET locked_until = $3 \
+             WHERE scope = $1 AND request_id = $2 AND lock_token = $4 AND state = 'in_progress'",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(now)
+        .bind(token)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(updated == 1)
+}
+
+const SAVEPOINT: &str = "SAVEPOINT idempotent_effect";
+const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotent_effect";
+
+/// Marks the point after the claim, to which a business refusal rolls back.
+pub(super) async fn savepoint(tx: &mut Tx) -> Result<(), DbError> {
+    on_backend!(tx, conn => { sqlx::query(SAVEPOINT).execute(&mut *conn).await?; });
+    Ok(())
+}
+
+/// Undoes the handler's changes, keeping the claim.
+pub(super) async fn rollback_to_savepoint(tx: &mut Tx) -> Result<(), DbError> {
+    on_backend!(tx, conn => { sqlx::query(ROLLBACK_TO_SAVEPOINT).execute(&mut *conn).await?; });
+    Ok(())
+}
+
+/// Deletes up to `batch` keys past retention whose lock is free.
+pub(super) async fn delete_expired(tx: &mut Tx, batch: u32) -> Result<u64, DbError> {
+    let now = now_millis();
+    let deleted = on_backend!(tx, conn => {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (scope, request_id) IN ( \
+               SELECT scope, request_id FROM idempotency_keys \
+               WHERE expires_at <= $1 AND (state = 'done' OR locked_until <= $1) \
+               LIMIT $2)",
+        )
+        .bind(now)
+        .bind(i64::from(batch))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(deleted)
+}

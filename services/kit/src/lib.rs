@@ -1,0 +1,21 @@
+//! Shared kit of every checkout server: database backends, server bootstrap, error details and
+//! shutdown.
+//!
+//! # Layout
+//! * [`db`]: SQLite and PostgreSQL pools picked by URL, migrations, write transactions, and the
+//!   [`on_backend!`] macro that runs one SQL body on either backend.
+//! * [`idempotency`]: the one idempotency layer behind every mutating RPC, with recovery
+//!   points for effects outside the database.
+//! * [`server`]: a gRPC server with health, reflection (v1 and v1alpha), limits, timeouts and
+//!   graceful shutdown.
+//! * [`status`]: `tonic::Status` with `google.rpc` `ErrorInfo` and `BadRequest` details.
+//! * [`shutdown`]: the SIGTERM / Ctrl-C signal shared by the servers of one process.
+//! * [`testing`]: fresh databases on either backend for tests.
+
+pub mod db;
+pub mod idempotency;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

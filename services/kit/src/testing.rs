@@ -1,0 +1,106 @@
+//! Fresh databases for tests, on the backend the environment picks.
+//!
+//! `CHECKOUT_TEST_BACKEND` is `sqlite` (default) or `postgres`; with `postgres`, databases are
+//! created on the server `CHECKOUT_TEST_POSTGRES_URL` names (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped afterwards. There is no silent
+//! fallback: a Postgres run against an unreachable server fails.
+
+use sqlx::Connection;
+
+use crate::db::{Backend, Db, DbError, Migrations, PoolConfig};
+
+/// The environment variable choosing the test backend.
+pub const BACKEND_ENV: &str = "CHECKOUT_TEST_BACKEND";
+/// The environment variable naming the Postgres server for tests.
+pub const POSTGRES_URL_ENV: &str = "CHECKOUT_TEST_POSTGRES_URL";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The backend this test run uses.
+pub fn backend() -> Backend {
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("{BACKEND_ENV}={other}: expected `sqlite` or `postgres`"),
+    }
+}
+
+fn postgres_server_url() -> String {
+    std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+/// A database that exists for one test and is removed when dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    url: String,
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    /// A new, empty database on the run's backend, named after `label`.
+    pub fn new(label: &str) -> Self {
+        Self::on(backend(), label)
+    }
+
+    /// A new, empty database on the given backend.
+    pub fn on(backend: Backend, label: &str) -> Self {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("create a temporary directory");
+                let url = format!("sqlite://{}/{label}.db", dir.path().display());
+                Self {
+                    url,
+                    postgres: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let server = postgres_server_url();
+                let name = format!("t_{label}_{}", &unique[..16]);
+                let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+                Self {
+                    url: format!("{base}/{name}"),
+                    postgres: Some((server, name)),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// The database URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Opens (creating) the database and applies the migrations.
+    pub async fn migrated(&self, migrations: &Migrations) -> Result<Db, DbError> {
+        let db = Db::connect(&self.url, &PoolConfig::default()).await?;
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs outside async context guarantees; a thread with its own runtime can block.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for dropping a test database");
+            runtime.block_on(async move {
+                let mut conn = sqlx::PgConnection::connect(&server).await?;
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                sqlx::query(&sql).execute(&mut conn).await.map(|_| ())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop test database: {e}");
+        }
+    }
+}

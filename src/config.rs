@@ -1,0 +1,288 @@
+//! Command-line configuration. Every flag has a `CHECKOUT_*` environment variable; a flag given
+//! on the command line wins over the environment, which wins over the default shown in `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use checkout_kit::db::PoolConfig;
+use checkout_kit::server::ServerLimits;
+use clap::{Args, Parser, Subcommand};
+
+use crate::role::Role;
+
+/// Checkout saga orchestrator: cart, inventory, payment and fulfillment services coordinated by
+/// a durable saga, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "checkout", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run all five servers in one process on the embedded SQLite default (files under
+    /// --data-dir) and print every endpoint.
+    Up(UpArgs),
+    /// Run one server in this process (production, crash tests).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(MigrateArgs),
+}
+
+/// Flags of `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where each server's database lives.
+    #[command(flatten)]
+    pub databases: DatabaseArgs,
+    /// Where each server listens.
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// Limits shared by every server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which server to run.
+    #[arg(value_enum)]
+    pub role: Role,
+    /// Listen address [default: the role's port on 127.0.0.1: orchestrator 50050, cart 50051,
+    /// inventory 50052, payment 50053, fulfillment 50054].
+    #[arg(long, env = "CHECKOUT_LISTEN")]
+    pub listen: Option<String>,
+    /// Database URL, `sqlite://PATH` or `postgres://USER@HOST:PORT/DB` [default:
+    /// sqlite://data/<role>.db].
+    #[arg(long, env = "CHECKOUT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the orchestrator finds the four services.
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
+    /// Limits of this server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Flags of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Which servers' databases to migrate [default: all five].
+    #[arg(value_enum)]
+    pub roles: Vec<Role>,
+    /// One database URL; only with exactly one role named.
+    #[arg(long, env = "CHECKOUT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Each server's database, as for `up`.
+    #[command(flatten)]
+    pub databases: DatabaseArgs,
+    /// Connection pool settings.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Database URLs of the five servers.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Directory of the SQLite files used when a server's URL is not given.
+    #[arg(long, env = "CHECKOUT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Cart database URL [default: sqlite://<data-dir>/cart.db].
+    #[arg(long, env = "CHECKOUT_CART_DATABASE_URL")]
+    pub cart_database_url: Option<String>,
+    /// Inventory database URL [default: sqlite://<data-dir>/inventory.db].
+    #[arg(long, env = "CHECKOUT_INVENTORY_DATABASE_URL")]
+    pub inventory_database_url: Option<String>,
+    /// Payment database URL [default: sqlite://<data-dir>/payment.db].
+    #[arg(long, env = "CHECKOUT_PAYMENT_DATABASE_URL")]
+    pub payment_database_url: Option<String>,
+    /// Fulfillment database URL [default: sqlite://<data-dir>/fulfillment.db].
+    #[arg(long, env = "CHECKOUT_FULFILLMENT_DATABASE_URL")]
+    pub fulfillment_database_url: Option<String>,
+    /// Orchestrator database URL [default: sqlite://<data-dir>/orchestrator.db].
+    #[arg(long, env = "CHECKOUT_ORCHESTRATOR_DATABASE_URL")]
+    pub orchestrator_database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The database URL of one role.
+    pub fn url(&self, role: Role) -> String {
+        let given = match role {
+            Role::Cart => &self.cart_database_url,
+            Role::Inventory => &self.inventory_database_url,
+            Role::Payment => &self.payment_database_url,
+            Role::Fulfillment => &self.fulfillment_database_url,
+            Role::Orchestrator => &self.orchestrator_database_url,
+        };
+        given
+            .clone()
+            .unwrap_or_else(|| sqlite_url(&self.data_dir, role))
+    }
+}
+
+/// The embedded default: `sqlite://<dir>/<role>.db`.
+pub fn sqlite_url(dir: &std::path::Path, role: Role) -> String {
+    format!(
+        "sqlite://{}",
+        dir.join(format!("{}.db", role.name())).display()
+    )
+}
+
+/// Listen addresses of the five servers under `up`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Orchestrator (CheckoutService) listen address.
+    #[arg(
+        long,
+        env = "CHECKOUT_ORCHESTRATOR_LISTEN",
+        default_value = "127.0.0.1:50050"
+    )]
+    pub orchestrator_listen: String,
+    /// Cart listen address.
+    #[arg(long, env = "CHECKOUT_CART_LISTEN", default_value = "127.0.0.1:50051")]
+    pub cart_listen: String,
+    /// Inventory listen address.
+    #[arg(
+        long,
+        env = "CHECKOUT_INVENTORY_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub inventory_listen: String,
+    /// Payment listen address.
+    #[arg(
+        long,
+        env = "CHECKOUT_PAYMENT_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
+    pub payment_listen: String,
+    /// Fulfillment listen address.
+    #[arg(
+        long,
+        env = "CHECKOUT_FULFILLMENT_LISTEN",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub fulfillment_listen: String,
+}
+
+impl ListenArgs {
+    /// The listen address of one role.
+    pub fn addr(&self, role: Role) -> &str {
+        match role {
+            Role::Cart => &self.cart_listen,
+            Role::Inventory => &self.inventory_listen,
+            Role::Payment => &self.payment_listen,
+            Role::Fulfillment => &self.fulfillment_listen,
+            Role::Orchestrator => &self.orchestrator_listen,
+        }
+    }
+}
+
+/// Where the orchestrator dials the four services.
+#[derive(Debug, Clone, Args)]
+pub struct EndpointArgs {
+    /// CartService endpoint.
+    #[arg(
+        long,
+        env = "CHECKOUT_CART_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub cart_endpoint: String,
+    /// InventoryService endpoint.
+    #[arg(
+        long,
+        env = "CHECKOUT_INVENTORY_ENDPOINT",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub inventory_endpoint: String,
+    /// PaymentService endpoint.
+    #[arg(
+        long,
+        env = "CHECKOUT_PAYMENT_ENDPOINT",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub payment_endpoint: String,
+    /// FulfillmentService endpoint.
+    #[arg(
+        long,
+        env = "CHECKOUT_FULFILLMENT_ENDPOINT",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub fulfillment_endpoint: String,
+}
+
+/// Limits and pool settings shared by the servers of a process.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Deadline of one request when the client sets no shorter one, in milliseconds.
+    #[arg(long, env = "CHECKOUT_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Largest request or response message, in bytes.
+    #[arg(long, env = "CHECKOUT_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Requests served at once on one connection.
+    #[arg(
+        long,
+        env = "CHECKOUT_CONCURRENCY_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub concurrency_per_connection: usize,
+    /// HTTP/2 streams one connection may open at once.
+    #[arg(long, env = "CHECKOUT_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+    /// After SIGTERM or Ctrl-C, how long in-flight requests get to finish, in milliseconds.
+    #[arg(long, env = "CHECKOUT_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Most database connections per server.
+    #[arg(long, env = "CHECKOUT_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+impl ServerArgs {
+    /// The server limits these flags describe.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_message_bytes: self.max_message_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            concurrency_per_connection: self.concurrency_per_connection,
+            max_concurrent_streams: self.max_concurrent_streams,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        }
+    }
+
+    /// The pool settings these flags describe.
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            max_connections: self.db_max_connections,
+            ..PoolConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_role_defaults_to_its_own_sqlite_file() {
+        let cli = Cli::try_parse_from(["checkout", "up", "--data-dir", "/tmp/x"]).unwrap();
+        let Command::Up(up) = cli.command else {
+            panic!("expected up");
+        };
+        assert_eq!(up.databases.url(Role::Cart), "sqlite:///tmp/x/cart.db");
+        assert_eq!(
+            up.databases.url(Role::Orchestrator),
+            "sqlite:///tmp/x/orchestrator.db"
+        );
+        assert_eq!(up.listen.addr(Role::Payment), "127.0.0.1:50053");
+    }
+}

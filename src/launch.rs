@@ -1,0 +1,262 @@
+//! Opening databases, binding listeners and running servers: the work behind `up`, `serve` and
+//! `migrate`, and behind tests that start the real servers on port 0.
+
+use std::net::SocketAddr;
+
+use checkout_kit::db::{Db, DbError, PoolConfig};
+use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
+use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
+use checkout_orchestrator::clients::{EndpointError, ServiceClients, ServiceEndpoints};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::role::Role;
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A server's database could not be opened or migrated.
+    #[error("{role} database: {source}")]
+    Database {
+        /// Whose database.
+        role: Role,
+        /// The database failure.
+        #[source]
+        source: DbError,
+    },
+    /// A server could not bind, build or serve.
+    #[error("{role} server: {source}")]
+    Server {
+        /// Which server.
+        role: Role,
+        /// The server failure.
+        #[source]
+        source: ServerError,
+    },
+    /// The orchestrator was given an unusable service endpoint.
+    #[error("orchestrator: {0}")]
+    Endpoint(#[from] EndpointError),
+    /// A server task panicked or was cancelled.
+    #[error("{role} server task ended abnormally: {source}")]
+    Task {
+        /// Which server.
+        role: Role,
+        /// The join failure.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A flag combination that cannot work.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Limits and pool settings for the servers of one process.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Request and connection limits.
+    pub limits: ServerLimits,
+    /// Database pool settings.
+    pub pool: PoolConfig,
+}
+
+/// Opens a role's database (creating it if missing) and applies its migrations.
+pub async fn open_database(role: Role, url: &str, pool: &PoolConfig) -> Result<Db, LaunchError> {
+    let database = |source| LaunchError::Database { role, source };
+    let db = Db::connect(url, pool).await.map_err(database)?;
+    db.migrate(role.migrations()).await.map_err(database)?;
+    Ok(db)
+}
+
+/// Binds a role's listen address.
+pub async fn bind(role: Role, addr: &str) -> Result<TcpListener, LaunchError> {
+    server::bind(addr)
+        .await
+        .map_err(|source| LaunchError::Server { role, source })
+}
+
+/// The server of a role over its database; the orchestrator also gets the service endpoints.
+pub fn build_server(
+    role: Role,
+    db: Db,
+    limits: ServerLimits,
+    endpoints: &ServiceEndpoints,
+) -> Result<GrpcServer, LaunchError> {
+    Ok(match role {
+        Role::Cart => checkout_cart::api::grpc_server(db, limits),
+        Role::Inventory => checkout_inventory::api::grpc_server(db, limits),
+        Role::Payment => checkout_payment::api::grpc_server(db, limits),
+        Role::Fulfillment => checkout_fulfillment::api::grpc_server(db, limits),
+        Role::Orchestrator => {
+            let clients = ServiceClients::connect_lazy(endpoints)?;
+            checkout_orchestrator::api::grpc_server(db, clients, limits)
+        }
+    })
+}
+
+/// A server running on a task.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Which server.
+    pub role: Role,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its database, closed after it stops.
+    pub db: Db,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Starts serving on a bound listener until `shutdown` fires.
+    pub fn spawn(
+        role: Role,
+        db: Db,
+        listener: TcpListener,
+        server: GrpcServer,
+        shutdown: Shutdown,
+    ) -> Result<Self, LaunchError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|source| LaunchError::Server {
+                role,
+                source: ServerError::Bind {
+                    addr: "listener".to_owned(),
+                    source,
+                },
+            })?;
+        let task = tokio::spawn(server.serve(listener, shutdown));
+        Ok(Self {
+            role,
+            addr,
+            db,
+            task,
+        })
+    }
+
+    /// Waits for the server to stop, then closes its database.
+    pub async fn wait(self) -> Result<(), LaunchError> {
+        let role = self.role;
+        let result = match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(LaunchError::Server { role, source }),
+            Err(source) => Err(LaunchError::Task { role, source }),
+        };
+        self.db.close().await;
+        result
+    }
+}
+
+/// All five servers in one process, the orchestrator dialling the others over gRPC.
+#[derive(Debug)]
+pub struct System {
+    servers: Vec<RunningServer>,
+    trigger: ShutdownTrigger,
+}
+
+impl System {
+    /// Opens every database, binds every listener, then starts every server. Nothing serves
+    /// unless everything could be opened and bound.
+    pub async fn start(
+        database_url: impl Fn(Role) -> String,
+        listen_addr: impl Fn(Role) -> String,
+        settings: &Settings,
+        outer: Shutdown,
+    ) -> Result<Self, LaunchError> {
+        let mut prepared = Vec::new();
+        for role in Role::ALL {
+            let db = open_database(role, &database_url(role), &settings.pool).await?;
+            let listener = bind(role, &listen_addr(role)).await?;
+            prepared.push((role, db, listener));
+        }
+        let endpoint = |role: Role| -> Result<String, LaunchError> {
+            let (_, _, listener) = prepared
+                .iter()
+                .find(|(r, _, _)| *r == role)
+                .expect("every role is prepared");
+            let addr = listener
+                .local_addr()
+                .map_err(|source| LaunchError::Server {
+                    role,
+                    source: ServerError::Bind {
+                        addr: listen_addr(role),
+                        source,
+                    },
+                })?;
+            Ok(server::endpoint_of(addr))
+        };
+        let endpoints = ServiceEndpoints {
+            cart: endpoint(Role::Cart)?,
+            inventory: endpoint(Role::Inventory)?,
+            payment: endpoint(Role::Payment)?,
+            fulfillment: endpoint(Role::Fulfillment)?,
+        };
+
+        // One trigger stops every server: on the outer signal, or when one of them fails.
+        let (trigger, shutdown) = Shutdown::new();
+        let mut servers = Vec::new();
+        for (role, db, listener) in prepared {
+            let server = build_server(role, db.clone(), settings.limits.clone(), &endpoints)?;
+            servers.push(RunningServer::spawn(
+                role,
+                db,
+                listener,
+                server,
+                shutdown.clone(),
+            )?);
+        }
+        let relay = trigger.clone();
+        tokio::spawn(async move {
+            outer.requested().await;
+            relay.fire();
+        });
+        Ok(Self { servers, trigger })
+    }
+
+    /// The address a role listens on.
+    pub fn addr(&self, role: Role) -> SocketAddr {
+        self.servers
+            .iter()
+            .find(|s| s.role == role)
+            .map(|s| s.addr)
+            .expect("every role runs in a system")
+    }
+
+    /// The `http://` endpoint of a role.
+    pub fn endpoint(&self, role: Role) -> String {
+        server::endpoint_of(self.addr(role))
+    }
+
+    /// Waits until every server stopped; the first failure stops the others too.
+    pub async fn wait(self) -> Result<(), LaunchError> {
+        let Self { servers, trigger } = self;
+        let mut first_error = None;
+        let mut waits: futures::stream::FuturesUnordered<_> =
+            servers.into_iter().map(RunningServer::wait).collect();
+        while let Some(result) = futures::StreamExt::next(&mut waits).await {
+            if let Err(e) = result {
+                trigger.fire();
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stops every server gracefully and waits for them.
+    pub async fn stop(self) -> Result<(), LaunchError> {
+        self.trigger.fire();
+        self.wait().await
+    }
+}
+
+/// Applies migrations to each role's database and reports what it did.
+pub async fn migrate(
+    targets: &[(Role, String)],
+    pool: &PoolConfig,
+) -> Result<Vec<(Role, String)>, LaunchError> {
+    let mut done = Vec::new();
+    for (role, url) in targets {
+        let db = open_database(*role, url, pool).await?;
+        done.push((*role, db.describe()));
+        db.close().await;
+    }
+    Ok(done)
+}

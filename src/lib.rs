@@ -1,0 +1,11 @@
+//! The `checkout` binary's library: every role of the system behind one command line.
+//!
+//! # Layout
+//! * [`role`]: the five servers and what each owns (migrations, default port).
+//! * [`config`]: command-line flags, each with a `CHECKOUT_*` environment variable.
+//! * [`launch`]: opening databases, binding listeners and running servers, for `up`, `serve` and
+//!   `migrate`, and for tests that start real servers on port 0.
+
+pub mod config;
+pub mod launch;
+pub mod role;

@@ -1,0 +1,132 @@
+//! `checkout`: every role of the checkout saga system in one binary.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use checkout::config::{Cli, Command, MigrateArgs, ServeArgs, UpArgs, sqlite_url};
+use checkout::launch::{self, RunningServer, Settings, System};
+use checkout::role::Role;
+use checkout_kit::shutdown::Shutdown;
+use checkout_orchestrator::clients::ServiceEndpoints;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate(args).await,
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let settings = Settings {
+        limits: args.server.limits(),
+        pool: args.server.pool(),
+    };
+    let system = System::start(
+        |role| args.databases.url(role),
+        |role| args.listen.addr(role).to_owned(),
+        &settings,
+        Shutdown::on_signals(),
+    )
+    .await
+    .context("cannot start the system")?;
+
+    println!("checkout is up: five servers in one process");
+    for role in Role::ALL {
+        println!(
+            "  {:<12} {:<45} {}  db {}",
+            role.name(),
+            role.grpc_service(),
+            system.endpoint(role),
+            args.databases.url(role)
+        );
+    }
+    println!(
+        "try: grpcurl -plaintext {} list   (Ctrl-C stops)",
+        system.addr(Role::Orchestrator)
+    );
+    system.wait().await.context("a server failed")?;
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let role = args.role;
+    let url = args
+        .database_url
+        .unwrap_or_else(|| sqlite_url(std::path::Path::new("data"), role));
+    let listen = args
+        .listen
+        .unwrap_or_else(|| role.default_listen().to_owned());
+    let endpoints = ServiceEndpoints {
+        cart: args.endpoints.cart_endpoint,
+        inventory: args.endpoints.inventory_endpoint,
+        payment: args.endpoints.payment_endpoint,
+        fulfillment: args.endpoints.fulfillment_endpoint,
+    };
+
+    let db = launch::open_database(role, &url, &args.server.pool()).await?;
+    let listener = launch::bind(role, &listen).await?;
+    let server = launch::build_server(role, db.clone(), args.server.limits(), &endpoints)?;
+    let running = RunningServer::spawn(role, db, listener, server, Shutdown::on_signals())?;
+    println!(
+        "{} serving {} on {}",
+        role.name(),
+        role.grpc_service(),
+        running.addr
+    );
+    running.wait().await?;
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let roles = if args.roles.is_empty() {
+        Role::ALL.to_vec()
+    } else {
+        args.roles.clone()
+    };
+    let targets: Vec<(Role, String)> = match (&args.database_url, roles.as_slice()) {
+        (Some(url), [role]) => vec![(*role, url.clone())],
+        (Some(_), _) => {
+            return Err(launch::LaunchError::Usage(
+                "--database-url needs exactly one role; use the per-role --<role>-database-url \
+                 flags for several"
+                    .to_owned(),
+            )
+            .into());
+        }
+        (None, _) => roles
+            .iter()
+            .map(|role| (*role, args.databases.url(*role)))
+            .collect(),
+    };
+    for (role, db) in launch::migrate(&targets, &args.server.pool()).await? {
+        println!("{:<12} migrated  {db}", role.name());
+    }
+    Ok(())
+}

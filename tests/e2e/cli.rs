@@ -1,0 +1,240 @@
+//! The binary itself: clear failures with a non-zero exit, `migrate`, and `up` end to end.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use checkout_kit::testing::{self, TestDatabase};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+fn checkout() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_checkout"));
+    // The tests choose every setting; nothing leaks in from the caller's environment.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CHECKOUT_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+fn run(command: &mut Command) -> (bool, String, String) {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unsupported_database_url_fails_clearly() {
+    let (ok, _, stderr) = run(checkout().args([
+        "serve",
+        "cart",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        "mysql://root@127.0.0.1/cart",
+    ]));
+    assert!(!ok);
+    assert!(stderr.contains("unsupported database URL"), "{stderr}");
+    assert!(
+        stderr.contains("expected `sqlite:` or `postgres:`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_database_fails_clearly_without_its_password() {
+    let (ok, _, stderr) = run(checkout().args([
+        "serve",
+        "payment",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        "postgres://postgres:hunter2@127.0.0.1:1/payment",
+    ]));
+    assert!(!ok);
+    assert!(
+        stderr.contains("payment database: cannot open database"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_fails_clearly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cart.db", dir.path().display());
+    let (ok, _, stderr) =
+        run(checkout().args(["serve", "cart", "--listen", &addr, "--database-url", &url]));
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_endpoint_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/o.db", dir.path().display());
+    let (ok, _, stderr) = run(checkout().args([
+        "serve",
+        "orchestrator",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+        "--payment-endpoint",
+        "payment-host-without-scheme",
+    ]));
+    assert!(!ok);
+    assert!(stderr.contains("invalid payment endpoint"), "{stderr}");
+}
+
+#[test]
+fn migrate_applies_every_database_and_is_repeatable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let databases: Vec<TestDatabase> = [
+        "cart",
+        "inventory",
+        "payment",
+        "fulfillment",
+        "orchestrator",
+    ]
+    .iter()
+    .map(|name| TestDatabase::new(name))
+    .collect();
+    let mut command = checkout();
+    command.arg("migrate").arg("--data-dir").arg(&data_dir);
+    for (name, db) in [
+        "cart",
+        "inventory",
+        "payment",
+        "fulfillment",
+        "orchestrator",
+    ]
+    .iter()
+    .zip(&databases)
+    {
+        command.arg(format!("--{name}-database-url")).arg(db.url());
+    }
+    for _ in 0..2 {
+        let (ok, stdout, stderr) = run(&mut command);
+        assert!(ok, "{stderr}");
+        for name in [
+            "cart",
+            "inventory",
+            "payment",
+            "fulfillment",
+            "orchestrator",
+        ] {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(name) && l.contains("migrated")),
+                "{stdout}"
+            );
+        }
+    }
+
+    // One role with one URL; several roles with one URL is a usage error.
+    let single = TestDatabase::new("single");
+    let (ok, stdout, stderr) =
+        run(checkout().args(["migrate", "cart", "--database-url", single.url()]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("cart"), "{stdout}");
+    let (ok, _, stderr) =
+        run(checkout().args(["migrate", "cart", "payment", "--database-url", single.url()]));
+    assert!(!ok);
+    assert!(stderr.contains("needs exactly one role"), "{stderr}");
+}
+
+/// `up` on the embedded default: all five servers answer, and SIGTERM ends it cleanly.
+#[tokio::test]
+async fn up_serves_all_five_and_stops_on_sigterm() {
+    if testing::backend() != checkout_kit::db::Backend::Sqlite {
+        // `up` is the embedded SQLite default; the Postgres leg covers `serve` and the library.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = checkout()
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--orchestrator-listen", "127.0.0.1:0"])
+        .args(["--cart-listen", "127.0.0.1:0"])
+        .args(["--inventory-listen", "127.0.0.1:0"])
+        .args(["--payment-listen", "127.0.0.1:0"])
+        .args(["--fulfillment-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let endpoints = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|line| !line.starts_with("try:"))
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .find(|w| w.starts_with("http://"))
+                    .map(str::to_owned)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(endpoints.len(), 5, "{endpoints:?}");
+    for endpoint in &endpoints {
+        let mut client = HealthClient::new(crate::helpers::channel(endpoint).await);
+        client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    for name in [
+        "cart",
+        "inventory",
+        "payment",
+        "fulfillment",
+        "orchestrator",
+    ] {
+        assert!(dir.path().join(format!("{name}.db")).exists(), "{name}.db");
+    }
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("up exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
