@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use checkout_kit::db::PoolConfig;
+use checkout_kit::idempotency::IdempotencyConfig;
 use checkout_kit::server::ServerLimits;
 use clap::{Args, Parser, Subcommand};
 
+use crate::launch::Settings;
 use crate::role::Role;
 
 /// Checkout saga orchestrator: cart, inventory, payment and fulfillment services coordinated by
@@ -239,6 +241,23 @@ pub struct ServerArgs {
     /// Most database connections per server.
     #[arg(long, env = "CHECKOUT_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// How long an idempotency key (a request_id) is remembered, in seconds.
+    #[arg(long, env = "CHECKOUT_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 60 * 60)]
+    pub idempotency_retention_secs: u64,
+    /// How often expired idempotency keys are collected, in seconds.
+    #[arg(
+        long,
+        env = "CHECKOUT_IDEMPOTENCY_COLLECT_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub idempotency_collect_interval_secs: u64,
+    /// Most expired idempotency keys deleted per statement.
+    #[arg(
+        long,
+        env = "CHECKOUT_IDEMPOTENCY_COLLECT_BATCH",
+        default_value_t = 500
+    )]
+    pub idempotency_collect_batch: u32,
 }
 
 impl ServerArgs {
@@ -250,6 +269,20 @@ impl ServerArgs {
             concurrency_per_connection: self.concurrency_per_connection,
             max_concurrent_streams: self.max_concurrent_streams,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        }
+    }
+
+    /// Everything a launched server needs from these flags.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            limits: self.limits(),
+            pool: self.pool(),
+            idempotency: IdempotencyConfig {
+                retention: Duration::from_secs(self.idempotency_retention_secs),
+                collect_interval: Duration::from_secs(self.idempotency_collect_interval_secs),
+                collect_batch: self.idempotency_collect_batch,
+                ..IdempotencyConfig::default()
+            },
         }
     }
 

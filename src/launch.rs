@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use checkout_kit::db::{Db, DbError, PoolConfig};
+use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
 use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
 use checkout_orchestrator::clients::{EndpointError, ServiceClients, ServiceEndpoints};
@@ -50,13 +51,15 @@ pub enum LaunchError {
     Usage(String),
 }
 
-/// Limits and pool settings for the servers of one process.
+/// Limits, pool and idempotency settings for the servers of one process.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// Request and connection limits.
     pub limits: ServerLimits,
     /// Database pool settings.
     pub pool: PoolConfig,
+    /// Idempotency key retention and locking.
+    pub idempotency: IdempotencyConfig,
 }
 
 /// Opens a role's database (creating it if missing) and applies its migrations.
@@ -78,17 +81,19 @@ pub async fn bind(role: Role, addr: &str) -> Result<TcpListener, LaunchError> {
 pub fn build_server(
     role: Role,
     db: Db,
-    limits: ServerLimits,
+    settings: &Settings,
     endpoints: &ServiceEndpoints,
 ) -> Result<GrpcServer, LaunchError> {
+    let idempotency = Idempotency::new(db.clone(), settings.idempotency.clone());
+    let limits = settings.limits.clone();
     Ok(match role {
-        Role::Cart => checkout_cart::api::grpc_server(db, limits),
-        Role::Inventory => checkout_inventory::api::grpc_server(db, limits),
-        Role::Payment => checkout_payment::api::grpc_server(db, limits),
-        Role::Fulfillment => checkout_fulfillment::api::grpc_server(db, limits),
+        Role::Cart => checkout_cart::api::grpc_server(db, idempotency, limits),
+        Role::Inventory => checkout_inventory::api::grpc_server(db, idempotency, limits),
+        Role::Payment => checkout_payment::api::grpc_server(db, idempotency, limits),
+        Role::Fulfillment => checkout_fulfillment::api::grpc_server(db, idempotency, limits),
         Role::Orchestrator => {
             let clients = ServiceClients::connect_lazy(endpoints)?;
-            checkout_orchestrator::api::grpc_server(db, clients, limits)
+            checkout_orchestrator::api::grpc_server(db, idempotency, clients, limits)
         }
     })
 }
@@ -103,15 +108,18 @@ pub struct RunningServer {
     /// Its database, closed after it stops.
     pub db: Db,
     task: JoinHandle<Result<(), ServerError>>,
+    collector: JoinHandle<()>,
 }
 
 impl RunningServer {
-    /// Starts serving on a bound listener until `shutdown` fires.
+    /// Starts serving on a bound listener until `shutdown` fires, with the collector of
+    /// expired idempotency keys beside it.
     pub fn spawn(
         role: Role,
         db: Db,
         listener: TcpListener,
         server: GrpcServer,
+        settings: &Settings,
         shutdown: Shutdown,
     ) -> Result<Self, LaunchError> {
         let addr = listener
@@ -123,12 +131,15 @@ impl RunningServer {
                     source,
                 },
             })?;
+        let collector = Idempotency::new(db.clone(), settings.idempotency.clone())
+            .spawn_collector(shutdown.clone());
         let task = tokio::spawn(server.serve(listener, shutdown));
         Ok(Self {
             role,
             addr,
             db,
             task,
+            collector,
         })
     }
 
@@ -140,6 +151,10 @@ impl RunningServer {
             Ok(Err(source)) => Err(LaunchError::Server { role, source }),
             Err(source) => Err(LaunchError::Task { role, source }),
         };
+        // The collector stops on the same shutdown signal; if the server failed on its own,
+        // stop the collector here instead.
+        self.collector.abort();
+        let _ = self.collector.await;
         self.db.close().await;
         result
     }
@@ -194,12 +209,13 @@ impl System {
         let (trigger, shutdown) = Shutdown::new();
         let mut servers = Vec::new();
         for (role, db, listener) in prepared {
-            let server = build_server(role, db.clone(), settings.limits.clone(), &endpoints)?;
+            let server = build_server(role, db.clone(), settings, &endpoints)?;
             servers.push(RunningServer::spawn(
                 role,
                 db,
                 listener,
                 server,
+                settings,
                 shutdown.clone(),
             )?);
         }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use checkout::config::{Cli, Command, MigrateArgs, ServeArgs, UpArgs, sqlite_url};
-use checkout::launch::{self, RunningServer, Settings, System};
+use checkout::launch::{self, RunningServer, System};
 use checkout::role::Role;
 use checkout_kit::shutdown::Shutdown;
 use checkout_orchestrator::clients::ServiceEndpoints;
@@ -44,10 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let settings = Settings {
-        limits: args.server.limits(),
-        pool: args.server.pool(),
-    };
+    let settings = args.server.settings();
     let system = System::start(
         |role| args.databases.url(role),
         |role| args.listen.addr(role).to_owned(),
@@ -90,10 +87,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fulfillment: args.endpoints.fulfillment_endpoint,
     };
 
-    let db = launch::open_database(role, &url, &args.server.pool()).await?;
+    let settings = args.server.settings();
+    let db = launch::open_database(role, &url, &settings.pool).await?;
     let listener = launch::bind(role, &listen).await?;
-    let server = launch::build_server(role, db.clone(), args.server.limits(), &endpoints)?;
-    let running = RunningServer::spawn(role, db, listener, server, Shutdown::on_signals())?;
+    let server = launch::build_server(role, db.clone(), &settings, &endpoints)?;
+    let running = RunningServer::spawn(
+        role,
+        db,
+        listener,
+        server,
+        &settings,
+        Shutdown::on_signals(),
+    )?;
     println!(
         "{} serving {} on {}",
         role.name(),

@@ -11,12 +11,18 @@ use std::time::Duration;
 pub struct TestSystem {
     pub system: System,
     pub trigger: ShutdownTrigger,
-    _databases: Vec<TestDatabase>,
+    databases: Vec<TestDatabase>,
 }
 
 impl TestSystem {
     pub fn endpoint(&self, role: Role) -> String {
         self.system.endpoint(role)
+    }
+
+    /// The database URL a role's server uses.
+    pub fn database_url(&self, role: Role) -> &str {
+        let index = Role::ALL.iter().position(|r| *r == role).unwrap();
+        self.databases[index].url()
     }
 }
 
@@ -31,6 +37,10 @@ pub fn test_settings() -> Settings {
 }
 
 pub async fn spawn_system() -> TestSystem {
+    spawn_system_with(test_settings()).await
+}
+
+pub async fn spawn_system_with(settings: Settings) -> TestSystem {
     let databases: Vec<TestDatabase> = Role::ALL
         .iter()
         .map(|role| TestDatabase::new(role.name()))
@@ -40,18 +50,13 @@ pub async fn spawn_system() -> TestSystem {
         databases[index].url().to_owned()
     };
     let (trigger, shutdown) = Shutdown::new();
-    let system = System::start(
-        url,
-        |_| "127.0.0.1:0".to_owned(),
-        &test_settings(),
-        shutdown,
-    )
-    .await
-    .expect("the system starts");
+    let system = System::start(url, |_| "127.0.0.1:0".to_owned(), &settings, shutdown)
+        .await
+        .expect("the system starts");
     TestSystem {
         system,
         trigger,
-        _databases: databases,
+        databases,
     }
 }
 

@@ -3,5 +3,6 @@
 
 mod cli;
 mod helpers;
+mod idempotency;
 mod migrations;
 mod servers;
