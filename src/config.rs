@@ -9,7 +9,9 @@ use checkout_kit::idempotency::IdempotencyConfig;
 use checkout_kit::server::ServerLimits;
 use clap::{Args, Parser, Subcommand};
 
-use crate::launch::Settings;
+use checkout_cart::catalog::Catalog;
+
+use crate::launch::{LaunchError, Settings};
 use crate::role::Role;
 
 /// Checkout saga orchestrator: cart, inventory, payment and fulfillment services coordinated by
@@ -258,6 +260,10 @@ pub struct ServerArgs {
         default_value_t = 500
     )]
     pub idempotency_collect_batch: u32,
+    /// The cart catalog: a JSON list of products, upserted at start [default: the fixture
+    /// shipped in services/cart/fixtures/catalog.json].
+    #[arg(long, env = "CHECKOUT_CATALOG_FILE")]
+    pub catalog_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -272,9 +278,15 @@ impl ServerArgs {
         }
     }
 
-    /// Everything a launched server needs from these flags.
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// Everything a launched server needs from these flags; fails on an unusable catalog file.
+    pub fn settings(&self) -> Result<Settings, LaunchError> {
+        let catalog = match &self.catalog_file {
+            Some(path) => {
+                Catalog::from_file(path).map_err(|e| LaunchError::Catalog(e.to_string()))?
+            }
+            None => Catalog::fixture(),
+        };
+        Ok(Settings {
             limits: self.limits(),
             pool: self.pool(),
             idempotency: IdempotencyConfig {
@@ -283,7 +295,8 @@ impl ServerArgs {
                 collect_batch: self.idempotency_collect_batch,
                 ..IdempotencyConfig::default()
             },
-        }
+            catalog,
+        })
     }
 
     /// The pool settings these flags describe.

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use checkout_cart::catalog::Catalog;
 use checkout_kit::db::{Db, DbError, PoolConfig};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
@@ -46,6 +47,9 @@ pub enum LaunchError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The cart catalog could not be loaded or seeded.
+    #[error("cart catalog: {0}")]
+    Catalog(String),
     /// A flag combination that cannot work.
     #[error("{0}")]
     Usage(String),
@@ -60,6 +64,8 @@ pub struct Settings {
     pub pool: PoolConfig,
     /// Idempotency key retention and locking.
     pub idempotency: IdempotencyConfig,
+    /// The cart service's catalog source, upserted at start.
+    pub catalog: Catalog,
 }
 
 /// Opens a role's database (creating it if missing) and applies its migrations.
@@ -68,6 +74,17 @@ pub async fn open_database(role: Role, url: &str, pool: &PoolConfig) -> Result<D
     let db = Db::connect(url, pool).await.map_err(database)?;
     db.migrate(role.migrations()).await.map_err(database)?;
     Ok(db)
+}
+
+/// Brings a role's data up to what the server expects at start: the cart catalog is upserted
+/// from its source.
+pub async fn prepare(role: Role, db: &Db, settings: &Settings) -> Result<(), LaunchError> {
+    match role {
+        Role::Cart => checkout_cart::api::seed_catalog(db, &settings.catalog)
+            .await
+            .map_err(|e| LaunchError::Catalog(e.to_string())),
+        Role::Inventory | Role::Payment | Role::Fulfillment | Role::Orchestrator => Ok(()),
+    }
 }
 
 /// Binds a role's listen address.
@@ -179,6 +196,7 @@ impl System {
         let mut prepared = Vec::new();
         for role in Role::ALL {
             let db = open_database(role, &database_url(role), &settings.pool).await?;
+            prepare(role, &db, settings).await?;
             let listener = bind(role, &listen_addr(role)).await?;
             prepared.push((role, db, listener));
         }

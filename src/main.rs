@@ -44,7 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let settings = args.server.settings();
+    let settings = args.server.settings()?;
     let system = System::start(
         |role| args.databases.url(role),
         |role| args.listen.addr(role).to_owned(),
@@ -87,8 +87,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fulfillment: args.endpoints.fulfillment_endpoint,
     };
 
-    let settings = args.server.settings();
+    let settings = args.server.settings()?;
     let db = launch::open_database(role, &url, &settings.pool).await?;
+    launch::prepare(role, &db, &settings).await?;
     let listener = launch::bind(role, &listen).await?;
     let server = launch::build_server(role, db.clone(), &settings, &endpoints)?;
     let running = RunningServer::spawn(

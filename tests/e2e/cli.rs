@@ -238,3 +238,28 @@ async fn up_serves_all_five_and_stops_on_sigterm() {
     .expect("up exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_bad_catalog_file_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(
+        &catalog,
+        r#"[{"sku": "A", "name": "x", "unit_price_minor": -5, "currency_code": "USD"}]"#,
+    )
+    .unwrap();
+    let url = format!("sqlite://{}/cart.db", dir.path().display());
+    let (ok, _, stderr) = run(checkout()
+        .args([
+            "serve",
+            "cart",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+        ])
+        .arg("--catalog-file")
+        .arg(&catalog));
+    assert!(!ok);
+    assert!(stderr.contains("negative price"), "{stderr}");
+}

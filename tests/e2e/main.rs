@@ -1,6 +1,7 @@
 //! End-to-end tests: real servers on ephemeral ports with fresh databases, on the backend that
 //! `CHECKOUT_TEST_BACKEND` picks (SQLite by default, `postgres` for the Postgres leg).
 
+mod cart;
 mod cli;
 mod helpers;
 mod idempotency;

@@ -6,16 +6,20 @@
 //!   [`on_backend!`] macro that runs one SQL body on either backend.
 //! * [`idempotency`]: the one idempotency layer behind every mutating RPC, with recovery
 //!   points for effects outside the database.
+//! * [`paging`]: AIP-158 page sizes and filter-bound page tokens.
 //! * [`server`]: a gRPC server with health, reflection (v1 and v1alpha), limits, timeouts and
 //!   graceful shutdown.
 //! * [`status`]: `tonic::Status` with `google.rpc` `ErrorInfo` and `BadRequest` details.
+//! * [`validate`]: field-level request checks collected into one `INVALID_ARGUMENT`.
 //! * [`shutdown`]: the SIGTERM / Ctrl-C signal shared by the servers of one process.
 //! * [`testing`]: fresh databases on either backend for tests.
 
 pub mod db;
 pub mod idempotency;
+pub mod paging;
 pub mod server;
 pub mod shutdown;
 pub mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod validate;

@@ -13,8 +13,12 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 pub const ERROR_DOMAIN: &str = "checkout.saga";
 
 /// A refusal under construction: code, stable reason, message, metadata and field violations.
+/// Boxed, so `Result<_, Rejection>` stays one pointer wide on the happy path.
 #[derive(Debug, Clone)]
-pub struct Rejection {
+pub struct Rejection(Box<RejectionParts>);
+
+#[derive(Debug, Clone)]
+struct RejectionParts {
     code: Code,
     reason: String,
     message: String,
@@ -25,13 +29,13 @@ pub struct Rejection {
 impl Rejection {
     /// A refusal with a status code, a stable machine-readable reason and a human message.
     pub fn new(code: Code, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(RejectionParts {
             code,
             reason: reason.into(),
             message: message.into(),
             metadata: HashMap::new(),
             violations: Vec::new(),
-        }
+        }))
     }
 
     /// `INVALID_ARGUMENT` naming one field (a path such as `lines[2].quantity`).
@@ -54,40 +58,42 @@ impl Rejection {
             "INVALID_ARGUMENT",
             format!("invalid request: {}", fields.join(", ")),
         );
-        rejection.violations = violations;
+        rejection.0.violations = violations;
         rejection
     }
 
     /// Adds one field violation.
     pub fn violation(mut self, field: impl Into<String>, description: impl Into<String>) -> Self {
-        self.violations
+        self.0
+            .violations
             .push(FieldViolation::new(field, description));
         self
     }
 
     /// Adds one `ErrorInfo` metadata entry.
     pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+        self.0.metadata.insert(key.into(), value.into());
         self
     }
 
     /// The status code.
     pub fn code(&self) -> Code {
-        self.code
+        self.0.code
     }
 
     /// The stable reason.
     pub fn reason(&self) -> &str {
-        &self.reason
+        &self.0.reason
     }
 
     /// The finished status with its details.
     pub fn into_status(self) -> Status {
-        let mut details = ErrorDetails::with_error_info(self.reason, ERROR_DOMAIN, self.metadata);
-        if !self.violations.is_empty() {
-            details.set_bad_request(self.violations);
+        let parts = *self.0;
+        let mut details = ErrorDetails::with_error_info(parts.reason, ERROR_DOMAIN, parts.metadata);
+        if !parts.violations.is_empty() {
+            details.set_bad_request(parts.violations);
         }
-        Status::with_error_details(self.code, self.message, details)
+        Status::with_error_details(parts.code, parts.message, details)
     }
 }
 
@@ -113,6 +119,16 @@ pub fn unavailable(error: &(dyn std::error::Error + 'static)) -> Status {
         "temporarily unavailable, retry",
     )
     .into_status()
+}
+
+/// A database failure: transient ones (busy, lost connection, serialization) become
+/// `UNAVAILABLE` so callers retry; anything else is `INTERNAL`.
+pub fn database(error: &crate::db::DbError) -> Status {
+    if error.is_transient() {
+        unavailable(error)
+    } else {
+        internal(error)
+    }
 }
 
 /// Formats an error with every `source()` below it, one per line.

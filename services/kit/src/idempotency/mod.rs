@@ -376,13 +376,8 @@ fn new_token() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Maps a database failure: transient ones become `UNAVAILABLE`, others `INTERNAL`.
-pub(crate) fn db_status(e: DbError) -> Status {
-    if e.is_transient() {
-        status::unavailable(&e)
-    } else {
-        status::internal(&e)
-    }
+fn db_status(e: DbError) -> Status {
+    status::database(&e)
 }
 
 #[cfg(test)]
