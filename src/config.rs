@@ -10,6 +10,8 @@ use checkout_kit::server::ServerLimits;
 use clap::{Args, Parser, Subcommand};
 
 use checkout_cart::catalog::Catalog;
+use checkout_inventory::fixture::StockFixture;
+use checkout_inventory::reaper::ReaperConfig;
 
 use crate::launch::{LaunchError, Settings};
 use crate::role::Role;
@@ -264,6 +266,13 @@ pub struct ServerArgs {
     /// shipped in services/cart/fixtures/catalog.json].
     #[arg(long, env = "CHECKOUT_CATALOG_FILE")]
     pub catalog_file: Option<PathBuf>,
+    /// The inventory's warehouses and opening stock (JSON); stock rows are only created where
+    /// none exist [default: services/inventory/fixtures/stock.json].
+    #[arg(long, env = "CHECKOUT_STOCK_FILE")]
+    pub stock_file: Option<PathBuf>,
+    /// How often the inventory releases reservations whose TTL elapsed, in milliseconds.
+    #[arg(long, env = "CHECKOUT_REAPER_INTERVAL_MS", default_value_t = 1_000)]
+    pub reaper_interval_ms: u64,
 }
 
 impl ServerArgs {
@@ -281,10 +290,16 @@ impl ServerArgs {
     /// Everything a launched server needs from these flags; fails on an unusable catalog file.
     pub fn settings(&self) -> Result<Settings, LaunchError> {
         let catalog = match &self.catalog_file {
-            Some(path) => {
-                Catalog::from_file(path).map_err(|e| LaunchError::Catalog(e.to_string()))?
-            }
+            Some(path) => Catalog::from_file(path).map_err(|e| LaunchError::Seed(e.to_string()))?,
             None => Catalog::fixture(),
+        };
+        let stock = match &self.stock_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| LaunchError::Seed(format!("cannot read {}: {e}", path.display())))
+                .and_then(|text| {
+                    StockFixture::parse(&text).map_err(|e| LaunchError::Seed(e.to_string()))
+                })?,
+            None => StockFixture::shipped(),
         };
         Ok(Settings {
             limits: self.limits(),
@@ -296,6 +311,11 @@ impl ServerArgs {
                 ..IdempotencyConfig::default()
             },
             catalog,
+            stock,
+            reaper: ReaperConfig {
+                interval: Duration::from_millis(self.reaper_interval_ms),
+                ..ReaperConfig::default()
+            },
         })
     }
 

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 
 use checkout_cart::catalog::Catalog;
+use checkout_inventory::fixture::StockFixture;
+use checkout_inventory::reaper::ReaperConfig;
 use checkout_kit::db::{Db, DbError, PoolConfig};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
@@ -47,9 +49,9 @@ pub enum LaunchError {
         #[source]
         source: tokio::task::JoinError,
     },
-    /// The cart catalog could not be loaded or seeded.
-    #[error("cart catalog: {0}")]
-    Catalog(String),
+    /// A start-up data source (cart catalog, stock fixture) could not be loaded or seeded.
+    #[error("{0}")]
+    Seed(String),
     /// A flag combination that cannot work.
     #[error("{0}")]
     Usage(String),
@@ -66,6 +68,10 @@ pub struct Settings {
     pub idempotency: IdempotencyConfig,
     /// The cart service's catalog source, upserted at start.
     pub catalog: Catalog,
+    /// The inventory service's warehouses and opening stock, seeded at start.
+    pub stock: StockFixture,
+    /// How the inventory service's reaper releases expired reservations.
+    pub reaper: ReaperConfig,
 }
 
 /// Opens a role's database (creating it if missing) and applies its migrations.
@@ -77,14 +83,40 @@ pub async fn open_database(role: Role, url: &str, pool: &PoolConfig) -> Result<D
 }
 
 /// Brings a role's data up to what the server expects at start: the cart catalog is upserted
-/// from its source.
+/// from its source; warehouses and missing stock rows are seeded from the stock fixture.
 pub async fn prepare(role: Role, db: &Db, settings: &Settings) -> Result<(), LaunchError> {
+    let seed = |e: &dyn std::fmt::Display| LaunchError::Seed(format!("{role} seed: {e}"));
     match role {
         Role::Cart => checkout_cart::api::seed_catalog(db, &settings.catalog)
             .await
-            .map_err(|e| LaunchError::Catalog(e.to_string())),
-        Role::Inventory | Role::Payment | Role::Fulfillment | Role::Orchestrator => Ok(()),
+            .map_err(|e| seed(&e)),
+        Role::Inventory => checkout_inventory::stock::seed(db, &settings.stock)
+            .await
+            .map_err(|e| seed(&e)),
+        Role::Payment | Role::Fulfillment | Role::Orchestrator => Ok(()),
     }
+}
+
+/// The background tasks a role runs beside its server until shutdown: every role collects its
+/// expired idempotency keys; inventory also reaps expired reservations.
+fn spawn_background(
+    role: Role,
+    db: &Db,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![
+        Idempotency::new(db.clone(), settings.idempotency.clone())
+            .spawn_collector(shutdown.clone()),
+    ];
+    if role == Role::Inventory {
+        tasks.push(checkout_inventory::reaper::spawn(
+            db.clone(),
+            settings.reaper.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks
 }
 
 /// Binds a role's listen address.
@@ -125,12 +157,12 @@ pub struct RunningServer {
     /// Its database, closed after it stops.
     pub db: Db,
     task: JoinHandle<Result<(), ServerError>>,
-    collector: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
-    /// Starts serving on a bound listener until `shutdown` fires, with the collector of
-    /// expired idempotency keys beside it.
+    /// Starts serving on a bound listener until `shutdown` fires, with the role's background
+    /// tasks beside it.
     pub fn spawn(
         role: Role,
         db: Db,
@@ -148,15 +180,14 @@ impl RunningServer {
                     source,
                 },
             })?;
-        let collector = Idempotency::new(db.clone(), settings.idempotency.clone())
-            .spawn_collector(shutdown.clone());
+        let background = spawn_background(role, &db, settings, &shutdown);
         let task = tokio::spawn(server.serve(listener, shutdown));
         Ok(Self {
             role,
             addr,
             db,
             task,
-            collector,
+            background,
         })
     }
 
@@ -168,10 +199,12 @@ impl RunningServer {
             Ok(Err(source)) => Err(LaunchError::Server { role, source }),
             Err(source) => Err(LaunchError::Task { role, source }),
         };
-        // The collector stops on the same shutdown signal; if the server failed on its own,
-        // stop the collector here instead.
-        self.collector.abort();
-        let _ = self.collector.await;
+        // Background tasks stop on the same shutdown signal; if the server failed on its own,
+        // stop them here instead.
+        for task in self.background {
+            task.abort();
+            let _ = task.await;
+        }
         self.db.close().await;
         result
     }

@@ -5,5 +5,6 @@ mod cart;
 mod cli;
 mod helpers;
 mod idempotency;
+mod inventory;
 mod migrations;
 mod servers;

@@ -19,7 +19,6 @@ use checkout_proto::common::Money;
 use tonic::{Request, Response, Status};
 
 use crate::carts::{self, CartLimits, Quantity};
-use crate::catalog::is_sku;
 use crate::error::CartError;
 use crate::storage;
 
@@ -71,14 +70,6 @@ impl CartServiceApi {
     async fn read_tx(&self) -> Result<Tx, Status> {
         self.db.begin_read().await.map_err(|e| status::database(&e))
     }
-}
-
-fn sku_field(v: &mut Violations, sku: &str) {
-    v.check(
-        is_sku(sku),
-        "sku",
-        "required: upper-case letters, digits, '-', '_' or '.', at most 64",
-    );
 }
 
 fn optional_uuid(v: &mut Violations, field: &str, value: &str) {
@@ -182,7 +173,7 @@ impl CartService for CartServiceApi {
             .uuid("cart_id", &req.cart_id)
             .id("customer_id", &req.customer_id)
             .check(req.quantity > 0, "quantity", "must be positive");
-        sku_field(&mut v, &req.sku);
+        v.sku("sku", &req.sku);
         v.finish()?;
         let key = Key::new(ADD_ITEM, &req)?;
         let quantity = Quantity::Add(req.quantity);
@@ -212,7 +203,7 @@ impl CartService for CartServiceApi {
             .uuid("cart_id", &req.cart_id)
             .id("customer_id", &req.customer_id)
             .check(req.quantity >= 0, "quantity", "must not be negative");
-        sku_field(&mut v, &req.sku);
+        v.sku("sku", &req.sku);
         v.finish()?;
         let key = Key::new(UPDATE_ITEM, &req)?;
         let quantity = Quantity::Set(req.quantity);
@@ -241,7 +232,7 @@ impl CartService for CartServiceApi {
         v.uuid("request_id", &req.request_id)
             .uuid("cart_id", &req.cart_id)
             .id("customer_id", &req.customer_id);
-        sku_field(&mut v, &req.sku);
+        v.sku("sku", &req.sku);
         v.finish()?;
         let key = Key::new(REMOVE_ITEM, &req)?;
         idempotent!(self.idempotency, key, |tx| {

@@ -5,13 +5,11 @@
 use std::path::Path;
 
 use checkout_kit::validate::is_currency_code;
+pub use checkout_kit::validate::is_sku;
 use serde::Deserialize;
 
 /// The catalog shipped with the repository: three dozen products in USD, EUR, JPY and GBP.
 pub const FIXTURE: &str = include_str!("../fixtures/catalog.json");
-
-/// Longest sku.
-pub const MAX_SKU_LEN: usize = 64;
 
 /// One product as a catalog file describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -74,15 +72,6 @@ pub enum CatalogError {
         /// What is wrong.
         problem: &'static str,
     },
-}
-
-/// True for a well-formed sku.
-pub fn is_sku(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= MAX_SKU_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
 impl Catalog {

@@ -7,6 +7,7 @@
 //! * [`idempotency`]: the one idempotency layer behind every mutating RPC, with recovery
 //!   points for effects outside the database.
 //! * [`paging`]: AIP-158 page sizes and filter-bound page tokens.
+//! * [`retry`]: the one retry policy type (exponential backoff, full jitter, bounded).
 //! * [`server`]: a gRPC server with health, reflection (v1 and v1alpha), limits, timeouts and
 //!   graceful shutdown.
 //! * [`status`]: `tonic::Status` with `google.rpc` `ErrorInfo` and `BadRequest` details.
@@ -17,6 +18,7 @@
 pub mod db;
 pub mod idempotency;
 pub mod paging;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod status;

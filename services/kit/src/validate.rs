@@ -69,6 +69,15 @@ impl Violations {
         )
     }
 
+    /// `value` must be a well-formed sku.
+    pub fn sku(&mut self, field: &str, value: &str) -> &mut Self {
+        self.check(
+            is_sku(value),
+            field,
+            "required: upper-case letters, digits, '-', '_' or '.', at most 64",
+        )
+    }
+
     /// True when no violation was recorded.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -82,6 +91,18 @@ impl Violations {
             Err(Rejection::invalid_fields(self.0))
         }
     }
+}
+
+/// Longest sku.
+pub const MAX_SKU_LEN: usize = 64;
+
+/// True for a well-formed sku: 1 to 64 of upper-case letters, digits, `-`, `_` and `.`.
+pub fn is_sku(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_SKU_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
 /// Three upper-case ASCII letters.

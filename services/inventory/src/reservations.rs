@@ -1,0 +1,312 @@
+//! Reservation use cases: reserve (optimistic, all lines or none), commit, release, expire.
+
+use std::collections::HashMap;
+
+use checkout_kit::db::{Tx, now_millis};
+use checkout_proto::common::Allocation;
+use checkout_proto::inventory::{Reservation, ReservationLine, ReservationState};
+
+use crate::error::InventoryError;
+use crate::storage::{self, AllocationRow, LineRow, ReservationRow, StockRow};
+
+const ACTIVE: &str = "active";
+const COMMITTED: &str = "committed";
+const RELEASED: &str = "released";
+const EXPIRED: &str = "expired";
+const TOMBSTONE: &str = "tombstone";
+
+/// How a reservation is named in a request.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// By reservation id.
+    Reservation(String),
+    /// By checkout.
+    Checkout(String),
+}
+
+fn state_of(state: &str) -> ReservationState {
+    match state {
+        ACTIVE => ReservationState::Active,
+        COMMITTED => ReservationState::Committed,
+        RELEASED => ReservationState::Released,
+        EXPIRED => ReservationState::Expired,
+        TOMBSTONE => ReservationState::Tombstone,
+        _ => ReservationState::Unspecified,
+    }
+}
+
+fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// The reservation as the RPCs return it.
+pub async fn load(tx: &mut Tx, row: &ReservationRow) -> Result<Reservation, InventoryError> {
+    let lines = storage::lines(tx, &row.reservation_id).await?;
+    let allocations = storage::allocations(tx, &row.reservation_id).await?;
+    Ok(Reservation {
+        reservation_id: row.reservation_id.clone(),
+        checkout_id: row.checkout_id.clone(),
+        state: state_of(&row.state).into(),
+        lines: lines
+            .into_iter()
+            .map(|l| ReservationLine {
+                sku: l.sku,
+                quantity: l.quantity,
+            })
+            .collect(),
+        allocations: allocations
+            .into_iter()
+            .map(|a| Allocation {
+                sku: a.sku,
+                warehouse_id: a.warehouse_id,
+                quantity: a.quantity,
+            })
+            .collect(),
+        expire_time: (row.state == ACTIVE).then(|| timestamp(row.expires_at)),
+        create_time: Some(timestamp(row.created_at)),
+        update_time: Some(timestamp(row.updated_at)),
+        release_reason: row.release_reason.clone(),
+    })
+}
+
+/// Splits each line across warehouses by priority. Returns the allocations, or the skus that
+/// lack stock.
+pub fn allocate(
+    lines: &[LineRow],
+    stock: &HashMap<String, Vec<StockRow>>,
+) -> Result<Vec<(AllocationRow, i64)>, Vec<String>> {
+    let mut allocations = Vec::new();
+    let mut short = Vec::new();
+    for line in lines {
+        let mut remaining = line.quantity;
+        for row in stock.get(&line.sku).into_iter().flatten() {
+            if remaining == 0 {
+                break;
+            }
+            let take = remaining.min(row.on_hand - row.reserved);
+            if take > 0 {
+                allocations.push((
+                    AllocationRow {
+                        sku: line.sku.clone(),
+                        warehouse_id: row.warehouse_id.clone(),
+                        quantity: take,
+                    },
+                    row.version,
+                ));
+                remaining -= take;
+            }
+        }
+        if remaining > 0 {
+            short.push(line.sku.clone());
+        }
+    }
+    if short.is_empty() {
+        Ok(allocations)
+    } else {
+        Err(short)
+    }
+}
+
+/// One attempt at reserving every line for a checkout. `Conflict` means a concurrent
+/// reservation changed a stock row between our read and our write: the caller rolls the whole
+/// transaction back and tries again.
+pub async fn reserve(
+    tx: &mut Tx,
+    checkout_id: &str,
+    lines: &[LineRow],
+    ttl_millis: i64,
+) -> Result<Reservation, InventoryError> {
+    let now = now_millis();
+    let row = ReservationRow {
+        reservation_id: uuid::Uuid::now_v7().to_string(),
+        checkout_id: checkout_id.to_owned(),
+        state: ACTIVE.to_owned(),
+        expires_at: now.saturating_add(ttl_millis),
+        release_reason: String::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    // The checkout's row first: a ReleaseReservation by checkout queues on it.
+    if !storage::insert_reservation(tx, &row).await? {
+        let existing = storage::reservation_by_checkout(tx, checkout_id)
+            .await?
+            .ok_or(InventoryError::Conflict)?;
+        if existing.state == TOMBSTONE {
+            return Err(InventoryError::CheckoutReleased(checkout_id.to_owned()));
+        }
+        if storage::lines(tx, &existing.reservation_id).await? != lines {
+            return Err(InventoryError::ReservationExists(checkout_id.to_owned()));
+        }
+        return load(tx, &existing).await;
+    }
+
+    let mut stock = HashMap::new();
+    for line in lines {
+        stock.insert(
+            line.sku.clone(),
+            storage::stock_levels(tx, &line.sku).await?,
+        );
+    }
+    let allocations = allocate(lines, &stock).map_err(InventoryError::OutOfStock)?;
+    for (allocation, version) in &allocations {
+        let won = storage::reserve_if_unchanged(
+            tx,
+            &allocation.sku,
+            &allocation.warehouse_id,
+            allocation.quantity,
+            *version,
+            now,
+        )
+        .await?;
+        if !won {
+            return Err(InventoryError::Conflict);
+        }
+    }
+    for (position, line) in (1_i64..).zip(lines) {
+        storage::insert_line(tx, &row.reservation_id, line, position).await?;
+    }
+    for (allocation, _) in &allocations {
+        storage::insert_allocation(tx, &row.reservation_id, allocation).await?;
+    }
+    load(tx, &row).await
+}
+
+async fn find(tx: &mut Tx, target: &Target) -> Result<Option<ReservationRow>, InventoryError> {
+    Ok(match target {
+        Target::Reservation(id) => storage::reservation(tx, id).await?,
+        Target::Checkout(id) => storage::reservation_by_checkout(tx, id).await?,
+    })
+}
+
+/// A reservation by id or checkout.
+pub async fn get(tx: &mut Tx, target: &Target) -> Result<Reservation, InventoryError> {
+    let row = find(tx, target)
+        .await?
+        .ok_or(InventoryError::ReservationNotFound)?;
+    load(tx, &row).await
+}
+
+/// The reserved stock leaves on_hand. Committing again is harmless; committing a reservation
+/// that no longer holds stock is refused.
+pub async fn commit(tx: &mut Tx, target: &Target) -> Result<Reservation, InventoryError> {
+    let row = find(tx, target)
+        .await?
+        .ok_or(InventoryError::ReservationNotFound)?;
+    let now = now_millis();
+    if storage::leave_active(tx, &row.reservation_id, COMMITTED, "", now).await? {
+        for a in storage::allocations(tx, &row.reservation_id).await? {
+            storage::ship_out(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
+        }
+    }
+    let row = storage::reservation(tx, &row.reservation_id)
+        .await?
+        .ok_or(InventoryError::ReservationNotFound)?;
+    match row.state.as_str() {
+        COMMITTED => load(tx, &row).await,
+        other => Err(InventoryError::NotHeld(other.to_owned())),
+    }
+}
+
+/// The reserved stock returns. Releasing again is harmless; releasing a committed reservation
+/// is refused; releasing by checkout before any reserve records a tombstone.
+pub async fn release(
+    tx: &mut Tx,
+    target: &Target,
+    reason: &str,
+) -> Result<Reservation, InventoryError> {
+    let now = now_millis();
+    if let Target::Checkout(checkout_id) = target {
+        let tombstone = ReservationRow {
+            reservation_id: uuid::Uuid::now_v7().to_string(),
+            checkout_id: checkout_id.clone(),
+            state: TOMBSTONE.to_owned(),
+            expires_at: now,
+            release_reason: reason.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        if storage::insert_reservation(tx, &tombstone).await? {
+            return load(tx, &tombstone).await;
+        }
+    }
+    let row = find(tx, target)
+        .await?
+        .ok_or(InventoryError::ReservationNotFound)?;
+    if storage::leave_active(tx, &row.reservation_id, RELEASED, reason, now).await? {
+        return_stock(tx, &row.reservation_id, now).await?;
+    }
+    let row = storage::reservation(tx, &row.reservation_id)
+        .await?
+        .ok_or(InventoryError::ReservationNotFound)?;
+    match row.state.as_str() {
+        COMMITTED => Err(InventoryError::Committed),
+        _ => load(tx, &row).await,
+    }
+}
+
+/// Releases an expired reservation's stock (the reaper's step); false when it left the active
+/// state meanwhile (committed, released, or expired by another replica's reaper).
+pub async fn expire(tx: &mut Tx, reservation_id: &str) -> Result<bool, InventoryError> {
+    let now = now_millis();
+    if !storage::leave_active(tx, reservation_id, EXPIRED, "ttl elapsed", now).await? {
+        return Ok(false);
+    }
+    return_stock(tx, reservation_id, now).await?;
+    Ok(true)
+}
+
+async fn return_stock(tx: &mut Tx, reservation_id: &str, now: i64) -> Result<(), InventoryError> {
+    for a in storage::allocations(tx, reservation_id).await? {
+        storage::unreserve(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stock(sku: &str, rows: &[(&str, i64, i64)]) -> (String, Vec<StockRow>) {
+        let rows = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (wh, on_hand, reserved))| StockRow {
+                sku: sku.to_owned(),
+                warehouse_id: (*wh).to_owned(),
+                on_hand: *on_hand,
+                reserved: *reserved,
+                version: 1,
+                priority: i64::try_from(i).unwrap(),
+            })
+            .collect();
+        (sku.to_owned(), rows)
+    }
+
+    fn line(sku: &str, quantity: i64) -> LineRow {
+        LineRow {
+            sku: sku.to_owned(),
+            quantity,
+        }
+    }
+
+    #[test]
+    fn lines_fill_warehouses_in_priority_order() {
+        let stock: HashMap<_, _> = [stock("A", &[("first", 5, 3), ("second", 10, 0)])].into();
+        let got = allocate(&[line("A", 6)], &stock).unwrap();
+        let split: Vec<(&str, i64)> = got
+            .iter()
+            .map(|(a, _)| (a.warehouse_id.as_str(), a.quantity))
+            .collect();
+        assert_eq!(split, vec![("first", 2), ("second", 4)]);
+    }
+
+    #[test]
+    fn every_short_sku_is_named() {
+        let stock: HashMap<_, _> = [stock("A", &[("w", 1, 0)]), stock("B", &[("w", 5, 0)])].into();
+        let short = allocate(&[line("A", 2), line("B", 5), line("C", 1)], &stock).unwrap_err();
+        assert_eq!(short, vec!["A".to_owned(), "C".to_owned()]);
+    }
+}

@@ -1,0 +1,482 @@
+//! Every SQL statement of the inventory service, portable across SQLite and Postgres. Each runs
+//! in the caller's transaction.
+
+use checkout_kit::db::{DbError, Tx};
+use checkout_kit::on_backend;
+
+/// A warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WarehouseRow {
+    /// Warehouse id.
+    pub warehouse_id: String,
+    /// Region.
+    pub region: String,
+    /// Allocation order: lower first.
+    pub priority: i64,
+}
+
+/// Stock of one sku in one warehouse, with the warehouse's priority.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StockRow {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Warehouse.
+    pub warehouse_id: String,
+    /// Units present.
+    pub on_hand: i64,
+    /// Units held by active reservations.
+    pub reserved: i64,
+    /// Optimistic-lock version.
+    pub version: i64,
+    /// The warehouse's allocation order.
+    pub priority: i64,
+}
+
+/// A reservation (or tombstone).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReservationRow {
+    /// Reservation id.
+    pub reservation_id: String,
+    /// Checkout.
+    pub checkout_id: String,
+    /// `active`, `committed`, `released`, `expired` or `tombstone`.
+    pub state: String,
+    /// When an active reservation expires (epoch ms).
+    pub expires_at: i64,
+    /// Why it was released.
+    pub release_reason: String,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms.
+    pub updated_at: i64,
+}
+
+/// A quantity of a sku, requested or allocated from a warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AllocationRow {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Warehouse.
+    pub warehouse_id: String,
+    /// Units.
+    pub quantity: i64,
+}
+
+/// A requested line.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LineRow {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units.
+    pub quantity: i64,
+}
+
+const STOCK_COLUMNS: &str = "s.sku, s.warehouse_id, s.on_hand, s.reserved, s.version, w.priority";
+const RESERVATION_COLUMNS: &str = "reservation_id, checkout_id, state, expires_at, \
+     release_reason, created_at, updated_at";
+
+/// Inserts or updates a warehouse.
+pub async fn upsert_warehouse(
+    tx: &mut Tx,
+    warehouse_id: &str,
+    region: &str,
+    priority: i64,
+) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO warehouses (warehouse_id, region, priority) VALUES ($1, $2, $3) \
+             ON CONFLICT (warehouse_id) DO UPDATE SET region = excluded.region, \
+               priority = excluded.priority",
+        )
+        .bind(warehouse_id)
+        .bind(region)
+        .bind(priority)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Creates a stock row unless one exists.
+pub async fn insert_stock_if_absent(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+    on_hand: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO stock (sku, warehouse_id, on_hand, reserved, version, updated_at) \
+             VALUES ($1, $2, $3, 0, 1, $4) ON CONFLICT (sku, warehouse_id) DO NOTHING",
+        )
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(on_hand)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Every warehouse by priority.
+pub async fn warehouses(tx: &mut Tx) -> Result<Vec<WarehouseRow>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT warehouse_id, region, priority FROM warehouses \
+             ORDER BY priority, warehouse_id",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}
+
+/// True when the warehouse exists.
+pub async fn warehouse_exists(tx: &mut Tx, warehouse_id: &str) -> Result<bool, DbError> {
+    let n: i64 = on_backend!(tx, conn => {
+        sqlx::query_scalar("SELECT count(*) FROM warehouses WHERE warehouse_id = $1")
+            .bind(warehouse_id)
+            .fetch_one(&mut *conn)
+            .await?
+    });
+    Ok(n > 0)
+}
+
+/// A sku's stock in every warehouse, in allocation order.
+pub async fn stock_levels(tx: &mut Tx, sku: &str) -> Result<Vec<StockRow>, DbError> {
+    let sql = format!(
+        "SELECT {STOCK_COLUMNS} FROM stock s JOIN warehouses w ON w.warehouse_id = s.warehouse_id \
+         WHERE s.sku = $1 ORDER BY w.priority, s.warehouse_id"
+    );
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(sku).fetch_all(&mut *conn).await?
+    }))
+}
+
+/// One stock row.
+pub async fn stock_row(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+) -> Result<Option<StockRow>, DbError> {
+    let sql = format!(
+        "SELECT {STOCK_COLUMNS} FROM stock s JOIN warehouses w ON w.warehouse_id = s.warehouse_id \
+         WHERE s.sku = $1 AND s.warehouse_id = $2"
+    );
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(sku).bind(warehouse_id).fetch_optional(&mut *conn).await?
+    }))
+}
+
+/// Sets on_hand unless that would fall below what is reserved; creates the row if missing.
+/// False when refused.
+pub async fn set_on_hand(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+    on_hand: i64,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO stock (sku, warehouse_id, on_hand, reserved, version, updated_at) \
+             VALUES ($1, $2, $3, 0, 1, $4) \
+             ON CONFLICT (sku, warehouse_id) DO UPDATE SET on_hand = excluded.on_hand, \
+               version = stock.version + 1, updated_at = excluded.updated_at \
+             WHERE stock.reserved <= excluded.on_hand",
+        )
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(on_hand)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Changes on_hand by `delta` unless that would fall below what is reserved; a positive delta
+/// creates a missing row. False when refused.
+pub async fn adjust_on_hand(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+    delta: i64,
+    now: i64,
+) -> Result<bool, DbError> {
+    if add_on_hand(tx, sku, warehouse_id, delta, now).await? {
+        return Ok(true);
+    }
+    if delta <= 0 {
+        return Ok(false);
+    }
+    let inserted = on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO stock (sku, warehouse_id, on_hand, reserved, version, updated_at) \
+             VALUES ($1, $2, $3, 0, 1, $4) ON CONFLICT (sku, warehouse_id) DO NOTHING",
+        )
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(delta)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    // Zero means a concurrent writer created the row first: add to it instead.
+    if inserted == 1 {
+        Ok(true)
+    } else {
+        add_on_hand(tx, sku, warehouse_id, delta, now).await
+    }
+}
+
+async fn add_on_hand(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+    delta: i64,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE stock SET on_hand = on_hand + $3, version = version + 1, updated_at = $4 \
+             WHERE sku = $1 AND warehouse_id = $2 AND on_hand + $3 >= reserved",
+        )
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(delta)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Reserves units by compare-and-set on the version read earlier; false when the row changed
+/// since (a concurrent reservation won) or the units are no longer there.
+pub async fn reserve_if_unchanged(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+    quantity: i64,
+    version: i64,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE stock SET reserved = reserved + $3, version = version + 1, updated_at = $5 \
+             WHERE sku = $1 AND warehouse_id = $2 AND version = $4 \
+               AND reserved + $3 <= on_hand",
+        )
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(quantity)
+        .bind(version)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Returns reserved units to availability.
+pub async fn unreserve(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+    quantity: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE stock SET reserved = reserved - $3, version = version + 1, updated_at = $4 \
+             WHERE sku = $1 AND warehouse_id = $2",
+        )
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(quantity)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Reserved units leave the warehouse.
+pub async fn ship_out(
+    tx: &mut Tx,
+    sku: &str,
+    warehouse_id: &str,
+    quantity: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE stock SET on_hand = on_hand - $3, reserved = reserved - $3, \
+               version = version + 1, updated_at = $4 \
+             WHERE sku = $1 AND warehouse_id = $2",
+        )
+        .bind(sku)
+        .bind(warehouse_id)
+        .bind(quantity)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Inserts a reservation row for its checkout unless the checkout has one; false when it has.
+pub async fn insert_reservation(tx: &mut Tx, row: &ReservationRow) -> Result<bool, DbError> {
+    let n = on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO reservations (reservation_id, checkout_id, state, expires_at, \
+               release_reason, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (checkout_id) DO NOTHING",
+        )
+        .bind(&row.reservation_id)
+        .bind(&row.checkout_id)
+        .bind(&row.state)
+        .bind(row.expires_at)
+        .bind(&row.release_reason)
+        .bind(row.created_at)
+        .bind(row.updated_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Records a requested line.
+pub async fn insert_line(
+    tx: &mut Tx,
+    reservation_id: &str,
+    line: &LineRow,
+    position: i64,
+) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO reservation_lines (reservation_id, sku, quantity, position) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(reservation_id)
+        .bind(&line.sku)
+        .bind(line.quantity)
+        .bind(position)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Records where a line's units come from.
+pub async fn insert_allocation(
+    tx: &mut Tx,
+    reservation_id: &str,
+    allocation: &AllocationRow,
+) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO reservation_allocations (reservation_id, sku, warehouse_id, quantity) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(reservation_id)
+        .bind(&allocation.sku)
+        .bind(&allocation.warehouse_id)
+        .bind(allocation.quantity)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// A reservation by id.
+pub async fn reservation(tx: &mut Tx, id: &str) -> Result<Option<ReservationRow>, DbError> {
+    let sql = format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reservation_id = $1");
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(id).fetch_optional(&mut *conn).await?
+    }))
+}
+
+/// A checkout's reservation.
+pub async fn reservation_by_checkout(
+    tx: &mut Tx,
+    checkout_id: &str,
+) -> Result<Option<ReservationRow>, DbError> {
+    let sql = format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE checkout_id = $1");
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(checkout_id).fetch_optional(&mut *conn).await?
+    }))
+}
+
+/// A reservation's requested lines in request order.
+pub async fn lines(tx: &mut Tx, reservation_id: &str) -> Result<Vec<LineRow>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT sku, quantity FROM reservation_lines WHERE reservation_id = $1 \
+             ORDER BY position",
+        )
+        .bind(reservation_id)
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}
+
+/// A reservation's allocations.
+pub async fn allocations(tx: &mut Tx, reservation_id: &str) -> Result<Vec<AllocationRow>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT a.sku, a.warehouse_id, a.quantity FROM reservation_allocations a \
+             JOIN warehouses w ON w.warehouse_id = a.warehouse_id \
+             WHERE a.reservation_id = $1 ORDER BY a.sku, w.priority",
+        )
+        .bind(reservation_id)
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}
+
+/// Moves an active reservation to `to`; false when it is no longer active (someone else —
+/// a release, a commit, another replica's reaper — got there first).
+pub async fn leave_active(
+    tx: &mut Tx,
+    reservation_id: &str,
+    to: &str,
+    reason: &str,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE reservations SET state = $2, release_reason = $3, updated_at = $4 \
+             WHERE reservation_id = $1 AND state = 'active'",
+        )
+        .bind(reservation_id)
+        .bind(to)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Up to `limit` active reservations past their expiry, oldest first.
+pub async fn due_reservations(tx: &mut Tx, now: i64, limit: i64) -> Result<Vec<String>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_scalar(
+            "SELECT reservation_id FROM reservations \
+             WHERE state = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}

@@ -1,0 +1,491 @@
+//! Every inventory rule, through the handlers, on the backend the test run picks.
+
+use std::time::Duration;
+
+use checkout_inventory::api::InventoryServiceApi;
+use checkout_inventory::fixture::StockFixture;
+use checkout_inventory::{reaper, stock};
+use checkout_kit::db::Db;
+use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
+use checkout_kit::on_backend;
+use checkout_kit::status::{fields_of, reason_of};
+use checkout_kit::testing::TestDatabase;
+use checkout_proto::inventory::inventory_service_server::InventoryService;
+use checkout_proto::inventory::*;
+use tonic::{Code, Request, Status};
+
+const FIXTURE: &str = r#"{
+  "warehouses": [
+    {"warehouse_id": "east", "region": "us-east", "priority": 1},
+    {"warehouse_id": "west", "region": "us-west", "priority": 2}
+  ],
+  "stock": [
+    {"sku": "SPLIT", "warehouse_id": "east", "on_hand": 40},
+    {"sku": "SPLIT", "warehouse_id": "west", "on_hand": 25},
+    {"sku": "PLENTY", "warehouse_id": "west", "on_hand": 100},
+    {"sku": "SCARCE", "warehouse_id": "east", "on_hand": 1}
+  ]
+}"#;
+
+struct Harness {
+    api: InventoryServiceApi,
+    db: Db,
+    _database: TestDatabase,
+}
+
+async fn harness() -> Harness {
+    let database = TestDatabase::new("inventory");
+    let db = database
+        .migrated(&checkout_inventory::MIGRATIONS)
+        .await
+        .unwrap();
+    stock::seed(&db, &StockFixture::parse(FIXTURE).unwrap())
+        .await
+        .unwrap();
+    let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
+    Harness {
+        api: InventoryServiceApi::new(db.clone(), idempotency),
+        db,
+        _database: database,
+    }
+}
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn assert_refused(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason_of(status).as_deref(), Some(reason), "{status:?}");
+}
+
+fn line(sku: &str, quantity: i64) -> ReservationLine {
+    ReservationLine {
+        sku: sku.to_owned(),
+        quantity,
+    }
+}
+
+impl Harness {
+    async fn stock(&self, sku: &str) -> GetStockResponse {
+        self.api
+            .get_stock(Request::new(GetStockRequest {
+                sku: sku.to_owned(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn level(&self, sku: &str, warehouse: &str) -> (i64, i64) {
+        let stock = self.stock(sku).await;
+        let level = stock
+            .levels
+            .iter()
+            .find(|l| l.warehouse_id == warehouse)
+            .unwrap();
+        (level.on_hand, level.reserved)
+    }
+
+    async fn reserve(
+        &self,
+        checkout_id: &str,
+        lines: Vec<ReservationLine>,
+        ttl: Option<prost_types::Duration>,
+    ) -> Result<Reservation, Status> {
+        self.api
+            .reserve_stock(Request::new(ReserveStockRequest {
+                request_id: rid(),
+                checkout_id: checkout_id.to_owned(),
+                lines,
+                ttl,
+            }))
+            .await
+            .map(|r| r.into_inner().reservation.unwrap())
+    }
+
+    async fn commit(&self, checkout_id: &str) -> Result<Reservation, Status> {
+        self.api
+            .commit_reservation(Request::new(CommitReservationRequest {
+                request_id: rid(),
+                target: Some(commit_reservation_request::Target::CheckoutId(
+                    checkout_id.to_owned(),
+                )),
+            }))
+            .await
+            .map(|r| r.into_inner().reservation.unwrap())
+    }
+
+    async fn release(&self, checkout_id: &str) -> Result<Reservation, Status> {
+        self.api
+            .release_reservation(Request::new(ReleaseReservationRequest {
+                request_id: rid(),
+                target: Some(release_reservation_request::Target::CheckoutId(
+                    checkout_id.to_owned(),
+                )),
+                reason: "checkout compensated".to_owned(),
+            }))
+            .await
+            .map(|r| r.into_inner().reservation.unwrap())
+    }
+
+    async fn reservation(&self, checkout_id: &str) -> Reservation {
+        self.api
+            .get_reservation(Request::new(GetReservationRequest {
+                target: Some(get_reservation_request::Target::CheckoutId(
+                    checkout_id.to_owned(),
+                )),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .reservation
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn stock_is_listed_per_warehouse_by_priority() {
+    let h = harness().await;
+    let warehouses = h
+        .api
+        .list_warehouses(Request::new(ListWarehousesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .warehouses;
+    let ids: Vec<_> = warehouses.iter().map(|w| w.warehouse_id.as_str()).collect();
+    assert_eq!(ids, ["east", "west"]);
+    let split = h.stock("SPLIT").await;
+    assert_eq!(split.total_available, 65);
+    assert_eq!(split.levels[0].warehouse_id, "east");
+    let missing = h
+        .api
+        .get_stock(Request::new(GetStockRequest {
+            sku: "NOPE".to_owned(),
+        }))
+        .await
+        .unwrap_err();
+    assert_refused(&missing, Code::NotFound, "SKU_NOT_FOUND");
+
+    // Seeding again never overwrites stock that changed since.
+    h.reserve(&rid(), vec![line("PLENTY", 10)], None)
+        .await
+        .unwrap();
+    stock::seed(&h.db, &StockFixture::parse(FIXTURE).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(h.level("PLENTY", "west").await, (100, 10));
+}
+
+#[tokio::test]
+async fn restocks_are_idempotent_and_never_undercut_reservations() {
+    let h = harness().await;
+    let adjust = AdjustStockRequest {
+        request_id: rid(),
+        sku: "PLENTY".to_owned(),
+        warehouse_id: "west".to_owned(),
+        delta: 5,
+    };
+    h.api
+        .adjust_stock(Request::new(adjust.clone()))
+        .await
+        .unwrap();
+    h.api.adjust_stock(Request::new(adjust)).await.unwrap();
+    assert_eq!(h.level("PLENTY", "west").await, (105, 0), "one effect");
+
+    let set = |on_hand, sku: &str, warehouse: &str| SetStockRequest {
+        request_id: rid(),
+        sku: sku.to_owned(),
+        warehouse_id: warehouse.to_owned(),
+        on_hand,
+    };
+    let level = h
+        .api
+        .set_stock(Request::new(set(7, "NEW-SKU", "east")))
+        .await
+        .unwrap()
+        .into_inner()
+        .level
+        .unwrap();
+    assert_eq!((level.on_hand, level.reserved, level.available), (7, 0, 7));
+
+    h.reserve(&rid(), vec![line("PLENTY", 30)], None)
+        .await
+        .unwrap();
+    let below = h
+        .api
+        .set_stock(Request::new(set(29, "PLENTY", "west")))
+        .await
+        .unwrap_err();
+    assert_refused(&below, Code::FailedPrecondition, "STOCK_BELOW_RESERVED");
+    let down = h
+        .api
+        .adjust_stock(Request::new(AdjustStockRequest {
+            request_id: rid(),
+            sku: "PLENTY".to_owned(),
+            warehouse_id: "west".to_owned(),
+            delta: -80,
+        }))
+        .await
+        .unwrap_err();
+    assert_refused(&down, Code::FailedPrecondition, "STOCK_BELOW_RESERVED");
+    assert_eq!(h.level("PLENTY", "west").await, (105, 30));
+
+    let nowhere = h
+        .api
+        .set_stock(Request::new(set(1, "PLENTY", "mars")))
+        .await
+        .unwrap_err();
+    assert_refused(&nowhere, Code::NotFound, "WAREHOUSE_NOT_FOUND");
+    let negative = h
+        .api
+        .set_stock(Request::new(set(-1, "PLENTY", "west")))
+        .await
+        .unwrap_err();
+    assert_eq!(fields_of(&negative), vec!["on_hand"]);
+}
+
+#[tokio::test]
+async fn reservations_fill_warehouses_by_priority_all_or_nothing() {
+    let h = harness().await;
+    let checkout = rid();
+    let reservation = h
+        .reserve(&checkout, vec![line("SPLIT", 50), line("PLENTY", 2)], None)
+        .await
+        .unwrap();
+    assert_eq!(reservation.state(), ReservationState::Active);
+    let split: Vec<(String, String, i64)> = reservation
+        .allocations
+        .iter()
+        .map(|a| (a.sku.clone(), a.warehouse_id.clone(), a.quantity))
+        .collect();
+    assert_eq!(
+        split,
+        vec![
+            ("PLENTY".to_owned(), "west".to_owned(), 2),
+            ("SPLIT".to_owned(), "east".to_owned(), 40),
+            ("SPLIT".to_owned(), "west".to_owned(), 10),
+        ]
+    );
+    assert!(reservation.expire_time.is_some());
+    assert_eq!(h.level("SPLIT", "east").await, (40, 40));
+    assert_eq!(h.level("SPLIT", "west").await, (25, 10));
+
+    // One short line and nothing is reserved, not even the lines that would fit.
+    let short = h
+        .reserve(
+            &rid(),
+            vec![line("PLENTY", 3), line("SCARCE", 2), line("SPLIT", 16)],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_refused(&short, Code::FailedPrecondition, "OUT_OF_STOCK");
+    let info = tonic_types::StatusExt::get_details_error_info(&short).unwrap();
+    assert_eq!(info.metadata["skus"], "SCARCE,SPLIT");
+    assert_eq!(h.level("PLENTY", "west").await, (100, 2));
+
+    // The same checkout reserving again (a retry with a new request id) gets its reservation.
+    let again = h
+        .reserve(&checkout, vec![line("SPLIT", 50), line("PLENTY", 2)], None)
+        .await
+        .unwrap();
+    assert_eq!(again.reservation_id, reservation.reservation_id);
+    assert_eq!(h.level("SPLIT", "east").await, (40, 40), "no second effect");
+    let different = h
+        .reserve(&checkout, vec![line("PLENTY", 1)], None)
+        .await
+        .unwrap_err();
+    assert_refused(&different, Code::FailedPrecondition, "RESERVATION_EXISTS");
+}
+
+#[tokio::test]
+async fn malformed_reservations_are_refused_by_field() {
+    let h = harness().await;
+    let cases: Vec<(Vec<ReservationLine>, Option<prost_types::Duration>, &str)> = vec![
+        (vec![], None, "lines"),
+        (vec![line("PLENTY", 0)], None, "lines[0].quantity"),
+        (
+            vec![line("PLENTY", 1), line("PLENTY", 1)],
+            None,
+            "lines[1].sku",
+        ),
+        (vec![line("bad sku", 1)], None, "lines[0].sku"),
+        (
+            vec![line("PLENTY", 1)],
+            Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 5,
+            }),
+            "ttl",
+        ),
+    ];
+    for (lines, ttl, field) in cases {
+        let refused = h.reserve(&rid(), lines, ttl).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            fields_of(&refused).iter().any(|f| f == field),
+            "{refused:?}"
+        );
+    }
+    let bad_checkout = h
+        .reserve("nope", vec![line("PLENTY", 1)], None)
+        .await
+        .unwrap_err();
+    assert_eq!(fields_of(&bad_checkout), vec!["checkout_id"]);
+    assert_eq!(h.level("PLENTY", "west").await, (100, 0));
+}
+
+#[tokio::test]
+async fn commit_and_release_move_stock_once_and_refuse_each_other() {
+    let h = harness().await;
+    let committed = rid();
+    h.reserve(&committed, vec![line("PLENTY", 4)], None)
+        .await
+        .unwrap();
+    let done = h.commit(&committed).await.unwrap();
+    assert_eq!(done.state(), ReservationState::Committed);
+    assert_eq!(h.level("PLENTY", "west").await, (96, 0));
+    h.commit(&committed).await.unwrap();
+    assert_eq!(
+        h.level("PLENTY", "west").await,
+        (96, 0),
+        "committing again is harmless"
+    );
+    assert_refused(
+        &h.release(&committed).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "RESERVATION_COMMITTED",
+    );
+
+    let released = rid();
+    let reservation = h
+        .reserve(&released, vec![line("PLENTY", 6)], None)
+        .await
+        .unwrap();
+    let by_id = h
+        .api
+        .release_reservation(Request::new(ReleaseReservationRequest {
+            request_id: rid(),
+            target: Some(release_reservation_request::Target::ReservationId(
+                reservation.reservation_id.clone(),
+            )),
+            reason: "payment declined".to_owned(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .reservation
+        .unwrap();
+    assert_eq!(by_id.state(), ReservationState::Released);
+    assert_eq!(by_id.release_reason, "payment declined");
+    assert_eq!(h.level("PLENTY", "west").await, (96, 0));
+    h.release(&released).await.unwrap();
+    assert_eq!(
+        h.level("PLENTY", "west").await,
+        (96, 0),
+        "releasing again is harmless"
+    );
+    assert_refused(
+        &h.commit(&released).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "RESERVATION_RELEASED",
+    );
+    let unknown = h
+        .api
+        .commit_reservation(Request::new(CommitReservationRequest {
+            request_id: rid(),
+            target: Some(commit_reservation_request::Target::ReservationId(rid())),
+        }))
+        .await
+        .unwrap_err();
+    assert_refused(&unknown, Code::NotFound, "RESERVATION_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_release_before_the_reserve_leaves_a_tombstone_that_refuses_it() {
+    let h = harness().await;
+    let checkout = rid();
+    let tombstone = h.release(&checkout).await.unwrap();
+    assert_eq!(tombstone.state(), ReservationState::Tombstone);
+    assert!(tombstone.allocations.is_empty());
+    let late = h
+        .reserve(&checkout, vec![line("SCARCE", 1)], None)
+        .await
+        .unwrap_err();
+    assert_refused(&late, Code::FailedPrecondition, "CHECKOUT_RELEASED");
+    assert_eq!(
+        h.level("SCARCE", "east").await,
+        (1, 0),
+        "the late reserve changed nothing"
+    );
+    assert_eq!(
+        h.reservation(&checkout).await.state(),
+        ReservationState::Tombstone
+    );
+}
+
+#[tokio::test]
+async fn expired_reservations_are_reaped_once_even_by_competing_reapers() {
+    let h = harness().await;
+    let checkout = rid();
+    let one_second = prost_types::Duration {
+        seconds: 1,
+        nanos: 0,
+    };
+    h.reserve(&checkout, vec![line("SPLIT", 45)], Some(one_second))
+        .await
+        .unwrap();
+    let lasting = rid();
+    h.reserve(&lasting, vec![line("SPLIT", 5)], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        reaper::reap_once(&h.db, 100).await.unwrap(),
+        0,
+        "not due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let (a, b) = tokio::join!(reaper::reap_once(&h.db, 100), reaper::reap_once(&h.db, 100));
+    assert_eq!(a.unwrap() + b.unwrap(), 1, "exactly one reaper released it");
+    let reaped = h.reservation(&checkout).await;
+    assert_eq!(reaped.state(), ReservationState::Expired);
+    assert_eq!(reaped.release_reason, "ttl elapsed");
+    // The reaped 45 were 40 from east and 5 from west; the lasting 5 came from west.
+    assert_eq!(h.level("SPLIT", "east").await, (40, 0));
+    assert_eq!(h.level("SPLIT", "west").await, (25, 5));
+    assert_refused(
+        &h.commit(&checkout).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "RESERVATION_RELEASED",
+    );
+    assert_eq!(
+        h.reservation(&lasting).await.state(),
+        ReservationState::Active
+    );
+}
+
+#[tokio::test]
+async fn the_database_refuses_over_reservation_as_a_last_line_of_defence() {
+    let h = harness().await;
+    let mut tx = h.db.begin().await.unwrap();
+    let over = on_backend!(&mut tx, conn => {
+        sqlx::query("UPDATE stock SET reserved = on_hand + 1 WHERE sku = 'SCARCE'")
+            .execute(&mut *conn)
+            .await
+            .is_err()
+    });
+    assert!(over, "reserved > on_hand must be refused");
+    tx.rollback().await.unwrap();
+    let mut tx = h.db.begin().await.unwrap();
+    let negative = on_backend!(&mut tx, conn => {
+        sqlx::query("UPDATE stock SET on_hand = -1, reserved = 0 WHERE sku = 'SCARCE'")
+            .execute(&mut *conn)
+            .await
+            .is_err()
+    });
+    assert!(negative, "negative stock must be refused");
+    tx.rollback().await.unwrap();
+}
