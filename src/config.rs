@@ -10,6 +10,7 @@ use checkout_kit::server::ServerLimits;
 use clap::{Args, Parser, Subcommand};
 
 use checkout_cart::catalog::Catalog;
+use checkout_fulfillment::address::ServedCountries;
 use checkout_inventory::fixture::StockFixture;
 use checkout_inventory::reaper::ReaperConfig;
 
@@ -273,6 +274,11 @@ pub struct ServerArgs {
     /// How often the inventory releases reservations whose TTL elapsed, in milliseconds.
     #[arg(long, env = "CHECKOUT_REAPER_INTERVAL_MS", default_value_t = 1_000)]
     pub reaper_interval_ms: u64,
+    /// Countries fulfillment ships to, as ISO 3166-1 alpha-2 codes separated by commas;
+    /// Antarctica (AQ) is never served [default: US,CA,MX,GB,IE,DE,FR,NL,BE,AT,ES,PT,IT,SE,DK,
+    /// FI,PL,CZ,JP,AU,NZ].
+    #[arg(long, env = "CHECKOUT_SERVED_COUNTRIES")]
+    pub served_countries: Option<String>,
 }
 
 impl ServerArgs {
@@ -290,14 +296,16 @@ impl ServerArgs {
     /// Everything a launched server needs from these flags; fails on an unusable catalog file.
     pub fn settings(&self) -> Result<Settings, LaunchError> {
         let catalog = match &self.catalog_file {
-            Some(path) => Catalog::from_file(path).map_err(|e| LaunchError::Seed(e.to_string()))?,
+            Some(path) => {
+                Catalog::from_file(path).map_err(|e| LaunchError::Config(e.to_string()))?
+            }
             None => Catalog::fixture(),
         };
         let stock = match &self.stock_file {
             Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| LaunchError::Seed(format!("cannot read {}: {e}", path.display())))
+                .map_err(|e| LaunchError::Config(format!("cannot read {}: {e}", path.display())))
                 .and_then(|text| {
-                    StockFixture::parse(&text).map_err(|e| LaunchError::Seed(e.to_string()))
+                    StockFixture::parse(&text).map_err(|e| LaunchError::Config(e.to_string()))
                 })?,
             None => StockFixture::shipped(),
         };
@@ -315,6 +323,12 @@ impl ServerArgs {
             reaper: ReaperConfig {
                 interval: Duration::from_millis(self.reaper_interval_ms),
                 ..ReaperConfig::default()
+            },
+            served_countries: match &self.served_countries {
+                Some(list) => {
+                    ServedCountries::parse(list).map_err(|e| LaunchError::Config(e.to_string()))?
+                }
+                None => ServedCountries::default_set(),
             },
         })
     }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use checkout_cart::catalog::Catalog;
+use checkout_fulfillment::address::ServedCountries;
 use checkout_inventory::fixture::StockFixture;
 use checkout_inventory::reaper::ReaperConfig;
 use checkout_kit::db::{Db, DbError, PoolConfig};
@@ -49,9 +50,10 @@ pub enum LaunchError {
         #[source]
         source: tokio::task::JoinError,
     },
-    /// A start-up data source (cart catalog, stock fixture) could not be loaded or seeded.
+    /// A start-up setting or data source (catalog, stock fixture, served countries) could not
+    /// be loaded or applied.
     #[error("{0}")]
-    Seed(String),
+    Config(String),
     /// A flag combination that cannot work.
     #[error("{0}")]
     Usage(String),
@@ -72,6 +74,8 @@ pub struct Settings {
     pub stock: StockFixture,
     /// How the inventory service's reaper releases expired reservations.
     pub reaper: ReaperConfig,
+    /// The countries fulfillment ships to.
+    pub served_countries: ServedCountries,
 }
 
 /// Opens a role's database (creating it if missing) and applies its migrations.
@@ -85,7 +89,7 @@ pub async fn open_database(role: Role, url: &str, pool: &PoolConfig) -> Result<D
 /// Brings a role's data up to what the server expects at start: the cart catalog is upserted
 /// from its source; warehouses and missing stock rows are seeded from the stock fixture.
 pub async fn prepare(role: Role, db: &Db, settings: &Settings) -> Result<(), LaunchError> {
-    let seed = |e: &dyn std::fmt::Display| LaunchError::Seed(format!("{role} seed: {e}"));
+    let seed = |e: &dyn std::fmt::Display| LaunchError::Config(format!("{role} seed: {e}"));
     match role {
         Role::Cart => checkout_cart::api::seed_catalog(db, &settings.catalog)
             .await
@@ -139,7 +143,12 @@ pub fn build_server(
         Role::Cart => checkout_cart::api::grpc_server(db, idempotency, limits),
         Role::Inventory => checkout_inventory::api::grpc_server(db, idempotency, limits),
         Role::Payment => checkout_payment::api::grpc_server(db, idempotency, limits),
-        Role::Fulfillment => checkout_fulfillment::api::grpc_server(db, idempotency, limits),
+        Role::Fulfillment => checkout_fulfillment::api::grpc_server(
+            db,
+            idempotency,
+            settings.served_countries.clone(),
+            limits,
+        ),
         Role::Orchestrator => {
             let clients = ServiceClients::connect_lazy(endpoints)?;
             checkout_orchestrator::api::grpc_server(db, idempotency, clients, limits)

@@ -1,0 +1,257 @@
+//! Every SQL statement of the fulfillment service, portable across SQLite and Postgres. Each
+//! runs in the caller's transaction.
+
+use checkout_kit::db::{DbError, Tx};
+use checkout_kit::on_backend;
+
+/// A shipment with its address.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ShipmentRow {
+    /// Shipment id.
+    pub shipment_id: String,
+    /// Checkout.
+    pub checkout_id: String,
+    /// Warehouse it leaves from.
+    pub warehouse_id: String,
+    /// `pending`, `packed`, `shipped`, `delivered` or `cancelled`.
+    pub status: String,
+    /// Carrier tracking number, once shipped.
+    pub tracking_number: String,
+    /// Recipient.
+    pub recipient_name: String,
+    /// Address line 1.
+    pub line1: String,
+    /// Address line 2.
+    pub line2: String,
+    /// City.
+    pub city: String,
+    /// Region.
+    pub region: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    pub country_code: String,
+    /// Phone.
+    pub phone: String,
+    /// Bumped by every change.
+    pub version: i64,
+    /// Epoch ms.
+    pub created_at: i64,
+    /// Epoch ms.
+    pub updated_at: i64,
+}
+
+/// A line of a shipment.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LineRow {
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Units.
+    pub quantity: i64,
+}
+
+/// A status change.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EventRow {
+    /// The status entered.
+    pub status: String,
+    /// Epoch ms.
+    pub at: i64,
+}
+
+const SHIPMENT_COLUMNS: &str = "shipment_id, checkout_id, warehouse_id, status, \
+     tracking_number, recipient_name, line1, line2, city, region, postal_code, country_code, \
+     phone, version, created_at, updated_at";
+
+/// Records a checkout's shipments as created; false when the checkout already has a record
+/// (created before, cancelled, or tombstoned), which the caller then reads.
+pub async fn claim_checkout(tx: &mut Tx, checkout_id: &str, now: i64) -> Result<bool, DbError> {
+    let n = on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO fulfillment_checkouts (checkout_id, state, updated_at) \
+             VALUES ($1, 'created', $2) ON CONFLICT (checkout_id) DO NOTHING",
+        )
+        .bind(checkout_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// Marks a checkout cancelled (a tombstone if nothing was created); returns its state after.
+pub async fn cancel_checkout(tx: &mut Tx, checkout_id: &str, now: i64) -> Result<String, DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO fulfillment_checkouts (checkout_id, state, updated_at) \
+             VALUES ($1, 'tombstone', $2) \
+             ON CONFLICT (checkout_id) DO UPDATE SET state = 'cancelled', updated_at = $2 \
+             WHERE fulfillment_checkouts.state = 'created'",
+        )
+        .bind(checkout_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    });
+    checkout_state(tx, checkout_id)
+        .await?
+        .ok_or(DbError::Query(sqlx::Error::RowNotFound))
+}
+
+/// A checkout's record state.
+pub async fn checkout_state(tx: &mut Tx, checkout_id: &str) -> Result<Option<String>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_scalar("SELECT state FROM fulfillment_checkouts WHERE checkout_id = $1")
+            .bind(checkout_id)
+            .fetch_optional(&mut *conn)
+            .await?
+    }))
+}
+
+/// Stores a new shipment.
+pub async fn insert_shipment(tx: &mut Tx, s: &ShipmentRow) -> Result<(), DbError> {
+    let sql = format!(
+        "INSERT INTO shipments ({SHIPMENT_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    );
+    on_backend!(tx, conn => {
+        sqlx::query(&sql)
+            .bind(&s.shipment_id)
+            .bind(&s.checkout_id)
+            .bind(&s.warehouse_id)
+            .bind(&s.status)
+            .bind(&s.tracking_number)
+            .bind(&s.recipient_name)
+            .bind(&s.line1)
+            .bind(&s.line2)
+            .bind(&s.city)
+            .bind(&s.region)
+            .bind(&s.postal_code)
+            .bind(&s.country_code)
+            .bind(&s.phone)
+            .bind(s.version)
+            .bind(s.created_at)
+            .bind(s.updated_at)
+            .execute(&mut *conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Stores a shipment line.
+pub async fn insert_line(tx: &mut Tx, shipment_id: &str, line: &LineRow) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query("INSERT INTO shipment_lines (shipment_id, sku, quantity) VALUES ($1, $2, $3)")
+            .bind(shipment_id)
+            .bind(&line.sku)
+            .bind(line.quantity)
+            .execute(&mut *conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// Appends a status change to a shipment's history.
+pub async fn append_event(
+    tx: &mut Tx,
+    shipment_id: &str,
+    status: &str,
+    at: i64,
+) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO shipment_events (shipment_id, sequence, status, at) \
+             VALUES ($1, (SELECT COALESCE(MAX(sequence), 0) + 1 FROM shipment_events \
+                          WHERE shipment_id = $1), $2, $3)",
+        )
+        .bind(shipment_id)
+        .bind(status)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// A checkout's shipments by warehouse.
+pub async fn shipments_of(tx: &mut Tx, checkout_id: &str) -> Result<Vec<ShipmentRow>, DbError> {
+    let sql = format!(
+        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE checkout_id = $1 ORDER BY warehouse_id"
+    );
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(checkout_id).fetch_all(&mut *conn).await?
+    }))
+}
+
+/// One shipment.
+pub async fn shipment(tx: &mut Tx, shipment_id: &str) -> Result<Option<ShipmentRow>, DbError> {
+    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE shipment_id = $1");
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(shipment_id).fetch_optional(&mut *conn).await?
+    }))
+}
+
+/// Bumps the version of every shipment of a checkout: the first write of a cancel, which takes
+/// their row locks on Postgres so a concurrent advance waits and then sees the cancel.
+pub async fn lock_checkout_shipments(tx: &mut Tx, checkout_id: &str) -> Result<(), DbError> {
+    on_backend!(tx, conn => {
+        sqlx::query("UPDATE shipments SET version = version + 1 WHERE checkout_id = $1")
+        .bind(checkout_id)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Moves a shipment from one status to the next; false when it is no longer in `from`.
+pub async fn move_status(
+    tx: &mut Tx,
+    shipment_id: &str,
+    from: &str,
+    to: &str,
+    tracking_number: Option<&str>,
+    now: i64,
+) -> Result<bool, DbError> {
+    let n = on_backend!(tx, conn => {
+        sqlx::query(
+            "UPDATE shipments SET status = $3, \
+               tracking_number = COALESCE($4, tracking_number), \
+               version = version + 1, updated_at = $5 \
+             WHERE shipment_id = $1 AND status = $2",
+        )
+        .bind(shipment_id)
+        .bind(from)
+        .bind(to)
+        .bind(tracking_number)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(n == 1)
+}
+
+/// A shipment's lines.
+pub async fn lines(tx: &mut Tx, shipment_id: &str) -> Result<Vec<LineRow>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT sku, quantity FROM shipment_lines WHERE shipment_id = $1 ORDER BY sku",
+        )
+        .bind(shipment_id)
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}
+
+/// A shipment's history, oldest first.
+pub async fn events(tx: &mut Tx, shipment_id: &str) -> Result<Vec<EventRow>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT status, at FROM shipment_events WHERE shipment_id = $1 ORDER BY sequence",
+        )
+        .bind(shipment_id)
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}
