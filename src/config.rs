@@ -37,6 +37,19 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(MigrateArgs),
+    /// Compare payments, ledger and processor records; exit non-zero on any mismatch.
+    Reconcile(ReconcileArgs),
+}
+
+/// Flags of `reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// The payment service's database URL [default: sqlite://data/payment.db].
+    #[arg(long, env = "CHECKOUT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Pool settings.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// Flags of `up`.

@@ -12,6 +12,7 @@ use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
 use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
 use checkout_orchestrator::clients::{EndpointError, ServiceClients, ServiceEndpoints};
+use checkout_payment::processor::SimulatedProcessor;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -142,7 +143,10 @@ pub fn build_server(
     Ok(match role {
         Role::Cart => checkout_cart::api::grpc_server(db, idempotency, limits),
         Role::Inventory => checkout_inventory::api::grpc_server(db, idempotency, limits),
-        Role::Payment => checkout_payment::api::grpc_server(db, idempotency, limits),
+        Role::Payment => {
+            let processor = std::sync::Arc::new(SimulatedProcessor::new(db.clone()));
+            checkout_payment::api::grpc_server(db, idempotency, processor, limits)
+        }
         Role::Fulfillment => checkout_fulfillment::api::grpc_server(
             db,
             idempotency,

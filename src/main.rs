@@ -3,11 +3,12 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use checkout::config::{Cli, Command, MigrateArgs, ServeArgs, UpArgs, sqlite_url};
+use checkout::config::{Cli, Command, MigrateArgs, ReconcileArgs, ServeArgs, UpArgs, sqlite_url};
 use checkout::launch::{self, RunningServer, System};
 use checkout::role::Role;
 use checkout_kit::shutdown::Shutdown;
 use checkout_orchestrator::clients::ServiceEndpoints;
+use checkout_payment::processor::SimulatedProcessor;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -40,6 +42,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up(args) => up(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Reconcile(args) => reconcile(args).await,
+    }
+}
+
+async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    let url = args
+        .database_url
+        .unwrap_or_else(|| sqlite_url(std::path::Path::new("data"), Role::Payment));
+    let db = launch::open_database(Role::Payment, &url, &args.server.pool()).await?;
+    let processor = SimulatedProcessor::new(db.clone());
+    let report = checkout_payment::reconcile::reconcile(&db, &processor).await;
+    db.close().await;
+    let report = report.context("reconciliation failed")?;
+    println!(
+        "checked {} payments, {} ledger transactions, {} processor records",
+        report.payments_checked,
+        report.ledger_transactions_checked,
+        report.processor_records_checked
+    );
+    for m in &report.mismatches {
+        println!(
+            "MISMATCH {} payment={} checkout={} transaction={} processor_key={}: {}",
+            m.kind().as_str_name().trim_start_matches("MISMATCH_KIND_"),
+            m.payment_id,
+            m.checkout_id,
+            m.transaction_id,
+            m.processor_key,
+            m.detail
+        );
+    }
+    if report.mismatches.is_empty() {
+        println!("the books agree");
+        Ok(())
+    } else {
+        anyhow::bail!("{} mismatches found", report.mismatches.len())
     }
 }
 

@@ -263,3 +263,39 @@ fn a_bad_catalog_file_fails_clearly() {
     assert!(!ok);
     assert!(stderr.contains("negative price"), "{stderr}");
 }
+
+#[tokio::test]
+async fn reconcile_passes_clean_books_and_fails_on_a_mismatch() {
+    let database = TestDatabase::new("payment");
+    let (ok, stdout, stderr) =
+        run(checkout().args(["reconcile", "--database-url", database.url()]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("the books agree"), "{stdout}");
+
+    let db =
+        checkout_kit::db::Db::connect(database.url(), &checkout_kit::db::PoolConfig::default())
+            .await
+            .unwrap();
+    let mut tx = db.begin().await.unwrap();
+    checkout_kit::on_backend!(&mut tx, conn => {
+        sqlx::query(
+            "INSERT INTO processor_records (processor_key, operation, outcome, reference, \
+               authorization_key, amount_minor, currency_code, decline_code, created_at) \
+             VALUES ('ghost', 'authorize', 'approved', 'ch_ghost', 'ghost', 999, 'USD', '', 0)",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    });
+    tx.commit().await.unwrap();
+    db.close().await;
+
+    let (ok, stdout, stderr) =
+        run(checkout().args(["reconcile", "--database-url", database.url()]));
+    assert!(!ok);
+    assert!(
+        stdout.contains("MISMATCH CHARGE_WITHOUT_PAYMENT"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("1 mismatches found"), "{stderr}");
+}
