@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod clients;
+pub mod saga;
 
 use checkout_kit::db::Migrations;
 

@@ -1,0 +1,66 @@
+-- Durable saga state (DESIGN §4): one row per saga, one per step, one per attempt (written
+-- before its command is sent, completed after), and an append-only event timeline.
+CREATE TABLE sagas (
+    saga_id          TEXT    PRIMARY KEY,
+    saga_type        TEXT    NOT NULL,
+    cart_id          TEXT    NOT NULL,
+    customer_id      TEXT    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN ('running', 'compensating', 'completed',
+        'compensated', 'needs_attention')),
+    direction        TEXT    NOT NULL CHECK (direction IN ('forward', 'compensation')),
+    step_index       INTEGER NOT NULL,
+    input            TEXT    NOT NULL,
+    outputs          TEXT    NOT NULL,
+    failure_reason   TEXT    NOT NULL,
+    failure_message  TEXT    NOT NULL,
+    failure_step     TEXT    NOT NULL,
+    cancel_requested BOOLEAN NOT NULL,
+    deadline_at      INTEGER NOT NULL,
+    next_attempt_at  INTEGER NOT NULL,
+    lease_owner      TEXT,
+    lease_expires_at INTEGER NOT NULL,
+    version          INTEGER NOT NULL,
+    trace_context    TEXT    NOT NULL,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL
+);
+
+CREATE INDEX sagas_due ON sagas (next_attempt_at) WHERE status IN ('running', 'compensating');
+CREATE INDEX sagas_by_customer ON sagas (customer_id, created_at);
+CREATE INDEX sagas_by_created ON sagas (created_at);
+
+CREATE TABLE saga_steps (
+    saga_id               TEXT    NOT NULL REFERENCES sagas (saga_id),
+    step_index            INTEGER NOT NULL,
+    name                  TEXT    NOT NULL,
+    status                TEXT    NOT NULL,
+    forward_attempts      INTEGER NOT NULL,
+    compensation_attempts INTEGER NOT NULL,
+    may_have_applied      BOOLEAN NOT NULL,
+    PRIMARY KEY (saga_id, step_index)
+);
+
+CREATE TABLE saga_attempts (
+    saga_id     TEXT    NOT NULL REFERENCES sagas (saga_id),
+    step_index  INTEGER NOT NULL,
+    direction   TEXT    NOT NULL,
+    number      INTEGER NOT NULL,
+    request_id  TEXT    NOT NULL,
+    outcome     TEXT    NOT NULL,
+    status_code TEXT    NOT NULL,
+    message     TEXT    NOT NULL,
+    started_at  INTEGER NOT NULL,
+    ended_at    INTEGER,
+    PRIMARY KEY (saga_id, step_index, direction, number)
+);
+
+CREATE TABLE saga_events (
+    saga_id  TEXT    NOT NULL REFERENCES sagas (saga_id),
+    sequence INTEGER NOT NULL,
+    at       INTEGER NOT NULL,
+    kind     TEXT    NOT NULL,
+    step     TEXT    NOT NULL,
+    message  TEXT    NOT NULL,
+    status   TEXT    NOT NULL,
+    PRIMARY KEY (saga_id, sequence)
+);
