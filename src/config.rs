@@ -14,7 +14,9 @@ use checkout_fulfillment::address::ServedCountries;
 use checkout_inventory::fixture::StockFixture;
 use checkout_inventory::reaper::ReaperConfig;
 
-use crate::launch::{LaunchError, Settings};
+use checkout_orchestrator::runner::{CrashPoints, EngineConfig};
+
+use crate::launch::{LaunchError, SagaSettings, Settings};
 use crate::role::Role;
 
 /// Checkout saga orchestrator: cart, inventory, payment and fulfillment services coordinated by
@@ -292,6 +294,31 @@ pub struct ServerArgs {
     /// FI,PL,CZ,JP,AU,NZ].
     #[arg(long, env = "CHECKOUT_SERVED_COUNTRIES")]
     pub served_countries: Option<String>,
+    /// This orchestrator replica's name in saga leases; give each replica its own, and keep it
+    /// across restarts so a restarted replica resumes its sagas at once [default: random].
+    #[arg(long, env = "CHECKOUT_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Sagas one orchestrator drives at once.
+    #[arg(long, env = "CHECKOUT_SAGA_WORKERS", default_value_t = 64)]
+    pub saga_workers: usize,
+    /// How long a saga lease lasts without renewal; another replica takes over after it, in
+    /// milliseconds.
+    #[arg(long, env = "CHECKOUT_LEASE_TTL_MS", default_value_t = 15_000)]
+    pub lease_ttl_ms: u64,
+    /// How often the orchestrator looks for due and orphaned sagas, in milliseconds.
+    #[arg(long, env = "CHECKOUT_SWEEP_INTERVAL_MS", default_value_t = 500)]
+    pub sweep_interval_ms: u64,
+    /// How long a checkout may take before the payment capture; past it, it compensates, in
+    /// milliseconds.
+    #[arg(long, env = "CHECKOUT_SAGA_DEADLINE_MS", default_value_t = 120_000)]
+    pub saga_deadline_ms: u64,
+    /// Deadline of one step's command, in milliseconds.
+    #[arg(long, env = "CHECKOUT_STEP_TIMEOUT_MS", default_value_t = 5_000)]
+    pub step_timeout_ms: u64,
+    /// Test only: named points where the orchestrator aborts (after_write_ahead:<step>,
+    /// after_send:<step>, after_record:<step>), comma-separated.
+    #[arg(long, env = "CHECKOUT_CRASH_POINTS", default_value = "")]
+    pub crash_points: String,
 }
 
 impl ServerArgs {
@@ -336,6 +363,20 @@ impl ServerArgs {
             reaper: ReaperConfig {
                 interval: Duration::from_millis(self.reaper_interval_ms),
                 ..ReaperConfig::default()
+            },
+            saga: SagaSettings {
+                engine: EngineConfig {
+                    replica_id: self
+                        .replica_id
+                        .clone()
+                        .unwrap_or_else(|| EngineConfig::default().replica_id),
+                    workers: self.saga_workers.max(1),
+                    lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+                    sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(10)),
+                    crash_points: CrashPoints::parse(&self.crash_points),
+                },
+                deadline: Duration::from_millis(self.saga_deadline_ms),
+                step_timeout: Duration::from_millis(self.step_timeout_ms),
             },
             served_countries: match &self.served_countries {
                 Some(list) => {

@@ -2,6 +2,8 @@
 //! `migrate`, and behind tests that start the real servers on port 0.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use checkout_cart::catalog::Catalog;
 use checkout_fulfillment::address::ServedCountries;
@@ -11,7 +13,9 @@ use checkout_kit::db::{Db, DbError, PoolConfig};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
 use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
+use checkout_orchestrator::checkout_saga::{self, CheckoutSteps};
 use checkout_orchestrator::clients::{EndpointError, ServiceClients, ServiceEndpoints};
+use checkout_orchestrator::runner::{Engine, EngineConfig};
 use checkout_payment::processor::SimulatedProcessor;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -77,6 +81,29 @@ pub struct Settings {
     pub reaper: ReaperConfig,
     /// The countries fulfillment ships to.
     pub served_countries: ServedCountries,
+    /// The orchestrator's saga settings.
+    pub saga: SagaSettings,
+}
+
+/// The orchestrator's saga settings.
+#[derive(Debug, Clone)]
+pub struct SagaSettings {
+    /// How the engine runs (replica id, workers, lease, crash points).
+    pub engine: EngineConfig,
+    /// How long a checkout may take before the pivot.
+    pub deadline: Duration,
+    /// Deadline of one step attempt.
+    pub step_timeout: Duration,
+}
+
+impl Default for SagaSettings {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            deadline: Duration::from_secs(120),
+            step_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Opens a role's database (creating it if missing) and applies its migrations.
@@ -108,12 +135,16 @@ fn spawn_background(
     role: Role,
     db: &Db,
     settings: &Settings,
+    engine: Option<&Engine>,
     shutdown: &Shutdown,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![
         Idempotency::new(db.clone(), settings.idempotency.clone())
             .spawn_collector(shutdown.clone()),
     ];
+    if let Some(engine) = engine {
+        tasks.push(engine.spawn_sweeper(shutdown.clone()));
+    }
     if role == Role::Inventory {
         tasks.push(checkout_inventory::reaper::spawn(
             db.clone(),
@@ -131,33 +162,53 @@ pub async fn bind(role: Role, addr: &str) -> Result<TcpListener, LaunchError> {
         .map_err(|source| LaunchError::Server { role, source })
 }
 
+/// A role's server, and the saga engine when the role is the orchestrator.
+pub struct ServerParts {
+    /// The gRPC server.
+    pub server: GrpcServer,
+    /// The orchestrator's saga engine (its sweeper runs beside the server).
+    pub engine: Option<Engine>,
+}
+
 /// The server of a role over its database; the orchestrator also gets the service endpoints.
 pub fn build_server(
     role: Role,
     db: Db,
     settings: &Settings,
     endpoints: &ServiceEndpoints,
-) -> Result<GrpcServer, LaunchError> {
+) -> Result<ServerParts, LaunchError> {
     let idempotency = Idempotency::new(db.clone(), settings.idempotency.clone());
     let limits = settings.limits.clone();
-    Ok(match role {
-        Role::Cart => checkout_cart::api::grpc_server(db, idempotency, limits),
-        Role::Inventory => checkout_inventory::api::grpc_server(db, idempotency, limits),
-        Role::Payment => {
-            let processor = std::sync::Arc::new(SimulatedProcessor::new(db.clone()));
-            checkout_payment::api::grpc_server(db, idempotency, processor, limits)
-        }
-        Role::Fulfillment => checkout_fulfillment::api::grpc_server(
-            db,
-            idempotency,
-            settings.served_countries.clone(),
-            limits,
+    let (server, engine) = match role {
+        Role::Cart => (
+            checkout_cart::api::grpc_server(db, idempotency, limits),
+            None,
         ),
+        Role::Inventory => (
+            checkout_inventory::api::grpc_server(db, idempotency, limits),
+            None,
+        ),
+        Role::Payment => {
+            let processor = Arc::new(SimulatedProcessor::new(db.clone()));
+            let server = checkout_payment::api::grpc_server(db, idempotency, processor, limits);
+            (server, None)
+        }
+        Role::Fulfillment => {
+            let served = settings.served_countries.clone();
+            let server = checkout_fulfillment::api::grpc_server(db, idempotency, served, limits);
+            (server, None)
+        }
         Role::Orchestrator => {
             let clients = ServiceClients::connect_lazy(endpoints)?;
-            checkout_orchestrator::api::grpc_server(db, idempotency, clients, limits)
+            let def = checkout_saga::definition(settings.saga.deadline, settings.saga.step_timeout);
+            let steps = Arc::new(CheckoutSteps::new(clients));
+            let engine = Engine::new(db.clone(), def, steps, settings.saga.engine.clone());
+            let server =
+                checkout_orchestrator::api::grpc_server(db, idempotency, engine.clone(), limits);
+            (server, Some(engine))
         }
-    })
+    };
+    Ok(ServerParts { server, engine })
 }
 
 /// A server running on a task.
@@ -180,7 +231,7 @@ impl RunningServer {
         role: Role,
         db: Db,
         listener: TcpListener,
-        server: GrpcServer,
+        parts: ServerParts,
         settings: &Settings,
         shutdown: Shutdown,
     ) -> Result<Self, LaunchError> {
@@ -193,8 +244,8 @@ impl RunningServer {
                     source,
                 },
             })?;
-        let background = spawn_background(role, &db, settings, &shutdown);
-        let task = tokio::spawn(server.serve(listener, shutdown));
+        let background = spawn_background(role, &db, settings, parts.engine.as_ref(), &shutdown);
+        let task = tokio::spawn(parts.server.serve(listener, shutdown));
         Ok(Self {
             role,
             addr,

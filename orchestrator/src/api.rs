@@ -1,58 +1,538 @@
 //! The `CheckoutService` gRPC handlers.
 
-use checkout_kit::db::Db;
-use checkout_kit::idempotency::Idempotency;
+use std::pin::Pin;
+use std::time::Duration;
+
+use checkout_kit::db::{Db, Tx, now_millis};
+use checkout_kit::idempotency::{Idempotency, Key};
+use checkout_kit::idempotent;
+use checkout_kit::paging;
 use checkout_kit::server::{GrpcServer, ServerLimits};
+use checkout_kit::status::{self, Rejection};
+use checkout_kit::validate::{Violations, check_address};
 use checkout_proto::checkout::checkout_service_server::{CheckoutService, CheckoutServiceServer};
+use checkout_proto::checkout::*;
+use futures::Stream;
+use tonic::{Code, Request, Response, Status};
 
-use crate::clients::ServiceClients;
+use crate::checkout_saga::{CheckoutInput, SAGA_TYPE};
+use crate::runner::Engine;
+use crate::saga::machine::{Direction, SagaStatus};
+use crate::store::{self, SagaRow};
+use crate::view;
 
-/// Handlers of `CheckoutService` over the orchestrator's database and service clients.
+const START: &str = "/checkout.checkout.v1.CheckoutService/StartCheckout";
+const CANCEL: &str = "/checkout.checkout.v1.CheckoutService/CancelCheckout";
+const RETRY: &str = "/checkout.checkout.v1.CheckoutService/RetryCheckout";
+
+/// Longest a StartCheckout may wait for the outcome.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often watchers look for changes made by other replicas.
+const POLL: Duration = Duration::from_millis(200);
+const LIST_PAGE_DEFAULT: usize = 50;
+const LIST_PAGE_MAX: usize = 500;
+
+/// Handlers of `CheckoutService`.
 #[derive(Debug, Clone)]
 pub struct CheckoutApi {
     db: Db,
     idempotency: Idempotency,
-    clients: ServiceClients,
+    engine: Engine,
+}
+
+fn db_status(e: checkout_kit::db::DbError) -> Status {
+    status::database(&e)
+}
+
+fn not_found(checkout_id: &str) -> Status {
+    Rejection::new(Code::NotFound, "CHECKOUT_NOT_FOUND", "checkout not found")
+        .meta("checkout_id", checkout_id)
+        .into_status()
 }
 
 impl CheckoutApi {
-    /// Handlers over an open, migrated database and the clients of the four services.
-    pub fn new(db: Db, idempotency: Idempotency, clients: ServiceClients) -> Self {
+    /// Handlers over the orchestrator's database, its idempotency layer and saga engine.
+    pub fn new(db: Db, idempotency: Idempotency, engine: Engine) -> Self {
         Self {
             db,
             idempotency,
-            clients,
+            engine,
         }
     }
 
-    /// The orchestrator's database.
-    pub fn db(&self) -> &Db {
-        &self.db
+    /// The saga engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
-    /// The idempotency layer every mutating handler goes through.
-    pub fn idempotency(&self) -> &Idempotency {
-        &self.idempotency
+    async fn view_in(&self, tx: &mut Tx, saga: &SagaRow) -> Result<Checkout, Status> {
+        let steps = store::steps(tx, &saga.saga_id).await.map_err(db_status)?;
+        let attempts = store::attempts(tx, &saga.saga_id)
+            .await
+            .map_err(db_status)?;
+        let events = store::events_after(tx, &saga.saga_id, 0)
+            .await
+            .map_err(db_status)?;
+        Ok(view::checkout(
+            self.engine.definition(),
+            saga,
+            &steps,
+            &attempts,
+            &events,
+        ))
     }
 
-    /// The clients of the four services.
-    pub fn clients(&self) -> &ServiceClients {
-        &self.clients
+    /// The checkout as it stands; NOT_FOUND for another customer's (ids cannot be probed).
+    async fn current(
+        &self,
+        checkout_id: &str,
+        customer_id: Option<&str>,
+    ) -> Result<Checkout, Status> {
+        let mut tx = self.db.begin_read().await.map_err(db_status)?;
+        let saga = store::saga(&mut tx, checkout_id).await.map_err(db_status)?;
+        let result = match saga {
+            Some(saga) if customer_id.is_none_or(|c| c == saga.customer_id) => {
+                self.view_in(&mut tx, &saga).await
+            }
+            _ => Err(not_found(checkout_id)),
+        };
+        tx.rollback().await.map_err(db_status)?;
+        result
+    }
+
+    /// Waits until the checkout is terminal or parked, or `wait` passes; then its state.
+    async fn await_outcome(&self, checkout_id: &str, wait: Duration) -> Result<Checkout, Status> {
+        let mut changes = self.engine.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let checkout = self.current(checkout_id, None).await?;
+            let settled = matches!(
+                checkout.status(),
+                CheckoutStatus::Completed
+                    | CheckoutStatus::Compensated
+                    | CheckoutStatus::NeedsAttention
+            );
+            if settled || tokio::time::Instant::now() >= deadline {
+                return Ok(checkout);
+            }
+            // Woken by this replica's engine, or by the poll for other replicas.
+            let _ =
+                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + POLL), async {
+                    while let Ok(id) = changes.recv().await {
+                        if id == checkout_id {
+                            return;
+                        }
+                    }
+                })
+                .await;
+        }
     }
 }
 
+fn wait_of(d: Option<&prost_types::Duration>) -> Result<Duration, Rejection> {
+    match d {
+        None => Ok(Duration::ZERO),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Rejection::invalid_field(
+            "wait_for_outcome",
+            "must not be negative",
+        )),
+        Some(d) => Ok(Duration::new(
+            u64::try_from(d.seconds).unwrap_or(0),
+            u32::try_from(d.nanos).unwrap_or(0),
+        )
+        .min(MAX_WAIT)),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchCheckoutResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
-impl CheckoutService for CheckoutApi {}
+impl CheckoutService for CheckoutApi {
+    async fn start_checkout(
+        &self,
+        request: Request<StartCheckoutRequest>,
+    ) -> Result<Response<StartCheckoutResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.uuid("request_id", &req.request_id)
+            .uuid("cart_id", &req.cart_id)
+            .id("customer_id", &req.customer_id)
+            .check(
+                !req.payment_token.is_empty() && req.payment_token.len() <= 256,
+                "payment_token",
+                "required, at most 256 characters",
+            );
+        check_address(&mut v, "shipping_address", req.shipping_address.as_ref());
+        let wait = match wait_of(req.wait_for_outcome.as_ref()) {
+            Ok(wait) => wait,
+            Err(_) => {
+                v.add("wait_for_outcome", "must not be negative");
+                Duration::ZERO
+            }
+        };
+        v.finish()?;
+        let key = Key::new(START, &req)?;
+        let input = CheckoutInput {
+            cart_id: req.cart_id.clone(),
+            customer_id: req.customer_id.clone(),
+            payment_token: req.payment_token.clone(),
+            address: req
+                .shipping_address
+                .as_ref()
+                .map(Into::into)
+                .unwrap_or_default(),
+        };
+        let def = self.engine.definition();
+        let owner = self.engine.config().replica_id.clone();
+        let lease_ttl = self.engine.config().lease_ttl;
+        let started = idempotent!(self.idempotency, key, |tx| {
+            let now = now_millis();
+            let saga = SagaRow {
+                saga_id: uuid::Uuid::now_v7().to_string(),
+                saga_type: SAGA_TYPE.to_owned(),
+                cart_id: req.cart_id.clone(),
+                customer_id: req.customer_id.clone(),
+                status: SagaStatus::Running.as_str().to_owned(),
+                direction: Direction::Forward.as_str().to_owned(),
+                step_index: 0,
+                input: serde_json::to_string(&input).map_err(|e| status::internal(&e))?,
+                outputs: "{}".to_owned(),
+                failure_reason: String::new(),
+                failure_message: String::new(),
+                failure_step: String::new(),
+                cancel_requested: false,
+                pivot_started: false,
+                deadline_at: now
+                    .saturating_add(i64::try_from(def.deadline.as_millis()).unwrap_or(i64::MAX)),
+                next_attempt_at: now,
+                // Accepted here, so driven here at once; the sweeper takes it if this replica dies.
+                lease_owner: Some(owner.clone()),
+                lease_expires_at: now
+                    .saturating_add(i64::try_from(lease_ttl.as_millis()).unwrap_or(i64::MAX)),
+                version: 1,
+                trace_context: String::new(),
+                created_at: now,
+                updated_at: now,
+            };
+            let names: Vec<&str> = def.steps.iter().map(|s| s.name).collect();
+            store::insert_saga(tx, &saga, &names)
+                .await
+                .map_err(db_status)?;
+            store::append_event(
+                tx,
+                &saga.saga_id,
+                "accepted",
+                "",
+                "checkout accepted",
+                &saga.status,
+                now,
+            )
+            .await
+            .map_err(db_status)?;
+            let steps = store::steps(tx, &saga.saga_id).await.map_err(db_status)?;
+            let events = store::events_after(tx, &saga.saga_id, 0)
+                .await
+                .map_err(db_status)?;
+            Ok(StartCheckoutResponse {
+                checkout: Some(view::checkout(def, &saga, &steps, &[], &events)),
+            })
+        })?;
+        let checkout_id = started
+            .checkout
+            .as_ref()
+            .map(|c| c.checkout_id.clone())
+            .unwrap_or_default();
+        // A new saga, or a retried request whose saga may still need a driver.
+        self.engine.start(&checkout_id);
+        let checkout = self.await_outcome(&checkout_id, wait).await?;
+        Ok(Response::new(StartCheckoutResponse {
+            checkout: Some(checkout),
+        }))
+    }
+
+    async fn get_checkout(
+        &self,
+        request: Request<GetCheckoutRequest>,
+    ) -> Result<Response<GetCheckoutResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.uuid("checkout_id", &req.checkout_id)
+            .id("customer_id", &req.customer_id);
+        v.finish()?;
+        let checkout = self
+            .current(&req.checkout_id, Some(&req.customer_id))
+            .await?;
+        Ok(Response::new(GetCheckoutResponse {
+            checkout: Some(checkout),
+        }))
+    }
+
+    async fn watch_checkout(
+        &self,
+        request: Request<WatchCheckoutRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.uuid("checkout_id", &req.checkout_id)
+            .id("customer_id", &req.customer_id);
+        v.finish()?;
+        // Ownership first: a stranger learns nothing, not even that the id exists.
+        self.current(&req.checkout_id, Some(&req.customer_id))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let db = self.db.clone();
+        let mut changes = self.engine.subscribe();
+        let checkout_id = req.checkout_id.clone();
+        tokio::spawn(async move {
+            let mut seen = 0_i64;
+            loop {
+                let batch = async {
+                    let mut t = db.begin_read().await?;
+                    let events = store::events_after(&mut t, &checkout_id, seen).await?;
+                    let saga = store::saga(&mut t, &checkout_id).await?;
+                    t.rollback().await?;
+                    Ok::<_, checkout_kit::db::DbError>((events, saga))
+                }
+                .await;
+                let (events, saga) = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(Err(db_status(e))).await;
+                        return;
+                    }
+                };
+                for e in &events {
+                    seen = e.sequence;
+                    let item = WatchCheckoutResponse {
+                        event: Some(view::event(e)),
+                        status: view::event_status(e).into(),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+                let over = saga
+                    .as_ref()
+                    .and_then(|s| SagaStatus::parse(&s.status))
+                    .is_some_and(SagaStatus::is_terminal);
+                if over {
+                    return;
+                }
+                let _ = tokio::time::timeout(POLL, async {
+                    while let Ok(id) = changes.recv().await {
+                        if id == checkout_id {
+                            return;
+                        }
+                    }
+                })
+                .await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_checkouts(
+        &self,
+        request: Request<ListCheckoutsRequest>,
+    ) -> Result<Response<ListCheckoutsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if !req.customer_id.is_empty() {
+            v.id("customer_id", &req.customer_id);
+        }
+        v.finish()?;
+        let size = paging::page_size(req.page_size, LIST_PAGE_DEFAULT, LIST_PAGE_MAX)?;
+        let status_filter = view::status_name(req.status());
+        let filter = format!("{}|{}", req.customer_id, status_filter.unwrap_or(""));
+        let cursor = paging::decode_token(&req.page_token, &filter)?.map(|c| {
+            let (at, id) = c.split_once('|').unwrap_or(("0", ""));
+            (at.parse::<i64>().unwrap_or(0), id.to_owned())
+        });
+        let customer = (!req.customer_id.is_empty()).then_some(req.customer_id.as_str());
+        let mut tx = self.db.begin_read().await.map_err(db_status)?;
+        let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
+        let mut rows = store::list(&mut tx, customer, status_filter, cursor, limit)
+            .await
+            .map_err(db_status)?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|s| paging::encode_token(&filter, &format!("{}|{}", s.created_at, s.saga_id)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut checkouts = Vec::with_capacity(rows.len());
+        for saga in &rows {
+            checkouts.push(self.view_in(&mut tx, saga).await?);
+        }
+        tx.rollback().await.map_err(db_status)?;
+        Ok(Response::new(ListCheckoutsResponse {
+            checkouts,
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_checkout(
+        &self,
+        request: Request<CancelCheckoutRequest>,
+    ) -> Result<Response<CancelCheckoutResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.uuid("request_id", &req.request_id)
+            .uuid("checkout_id", &req.checkout_id)
+            .id("customer_id", &req.customer_id)
+            .check(
+                req.reason.chars().count() <= 500,
+                "reason",
+                "at most 500 characters",
+            );
+        v.finish()?;
+        let key = Key::new(CANCEL, &req)?;
+        idempotent!(self.idempotency, key, |tx| {
+            let now = now_millis();
+            let saga = store::saga(tx, &req.checkout_id).await.map_err(db_status)?;
+            let saga = match saga {
+                Some(s) if s.customer_id == req.customer_id => s,
+                _ => return Err(not_found(&req.checkout_id)),
+            };
+            match SagaStatus::parse(&saga.status) {
+                Some(SagaStatus::Compensating | SagaStatus::Compensated) => {}
+                Some(SagaStatus::Running) => {
+                    if !store::request_cancel(tx, &saga.saga_id, now).await.map_err(db_status)? {
+                        return Err(Rejection::new(
+                            Code::FailedPrecondition,
+                            "PAST_PIVOT",
+                            "the payment is being captured; the checkout can no longer be cancelled",
+                        )
+                        .into_status());
+                    }
+                    let message = if req.reason.is_empty() { "cancel requested" } else { req.reason.as_str() };
+                    store::append_event(tx, &saga.saga_id, "cancel_requested", "", message, &saga.status, now)
+                        .await
+                        .map_err(db_status)?;
+                }
+                _ => {
+                    return Err(Rejection::new(
+                        Code::FailedPrecondition,
+                        "PAST_PIVOT",
+                        format!("the checkout is {}; it can no longer be cancelled", saga.status),
+                    )
+                    .into_status());
+                }
+            }
+            let saga = store::saga(tx, &req.checkout_id).await.map_err(db_status)?.ok_or_else(|| not_found(&req.checkout_id))?;
+            Ok(CancelCheckoutResponse {
+                checkout: Some(self.view_in(tx, &saga).await?),
+            })
+        })
+        .map(|response| {
+            self.engine.start(&req.checkout_id);
+            self.engine.announce(&req.checkout_id);
+            Response::new(response)
+        })
+    }
+
+    async fn retry_checkout(
+        &self,
+        request: Request<RetryCheckoutRequest>,
+    ) -> Result<Response<RetryCheckoutResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        v.uuid("request_id", &req.request_id)
+            .uuid("checkout_id", &req.checkout_id)
+            .check(
+                req.reason.chars().count() <= 500,
+                "reason",
+                "at most 500 characters",
+            );
+        v.finish()?;
+        let key = Key::new(RETRY, &req)?;
+        let def = self.engine.definition();
+        idempotent!(self.idempotency, key, |tx| {
+            let now = now_millis();
+            let saga = store::saga(tx, &req.checkout_id)
+                .await
+                .map_err(db_status)?
+                .ok_or_else(|| not_found(&req.checkout_id))?;
+            if saga.status != SagaStatus::NeedsAttention.as_str() {
+                return Err(Rejection::new(
+                    Code::FailedPrecondition,
+                    "NOT_PARKED",
+                    format!(
+                        "the checkout is {}, not waiting for an operator",
+                        saga.status
+                    ),
+                )
+                .into_status());
+            }
+            let compensating = saga.direction == Direction::Compensation.as_str();
+            let status = if compensating {
+                SagaStatus::Compensating
+            } else {
+                SagaStatus::Running
+            };
+            // A fresh retry budget for the step that parked the saga.
+            let mut steps = store::steps(tx, &saga.saga_id).await.map_err(db_status)?;
+            if let Some(step) = steps.iter_mut().find(|s| s.name == saga.failure_step) {
+                if compensating {
+                    step.compensation_attempts = 0;
+                } else {
+                    step.forward_attempts = 0;
+                    if step.status == "failed" {
+                        step.status = "pending".to_owned();
+                    }
+                }
+                store::save_step(tx, &saga.saga_id, step)
+                    .await
+                    .map_err(db_status)?;
+            }
+            store::resume_parked(tx, &saga.saga_id, status.as_str(), now)
+                .await
+                .map_err(db_status)?;
+            let message = if req.reason.is_empty() {
+                "operator retry"
+            } else {
+                req.reason.as_str()
+            };
+            store::append_event(
+                tx,
+                &saga.saga_id,
+                "retry_requested",
+                &saga.failure_step,
+                message,
+                status.as_str(),
+                now,
+            )
+            .await
+            .map_err(db_status)?;
+            let saga = store::saga(tx, &req.checkout_id)
+                .await
+                .map_err(db_status)?
+                .ok_or_else(|| not_found(&req.checkout_id))?;
+            let _ = def;
+            Ok(RetryCheckoutResponse {
+                checkout: Some(self.view_in(tx, &saga).await?),
+            })
+        })
+        .map(|response| {
+            self.engine.start(&req.checkout_id);
+            Response::new(response)
+        })
+    }
+}
 
 /// The orchestrator server: `CheckoutService` plus health and reflection.
 pub fn grpc_server(
     db: Db,
     idempotency: Idempotency,
-    clients: ServiceClients,
+    engine: Engine,
     limits: ServerLimits,
 ) -> GrpcServer {
     let service = checkout_kit::limit_messages!(
-        CheckoutServiceServer::new(CheckoutApi::new(db, idempotency, clients)),
+        CheckoutServiceServer::new(CheckoutApi::new(db, idempotency, engine)),
         limits
     );
     GrpcServer::new("orchestrator", limits).add_service(service)

@@ -9,8 +9,12 @@
 //!   embedded in [`MIGRATIONS`].
 
 pub mod api;
+pub mod checkout_saga;
 pub mod clients;
+pub mod runner;
 pub mod saga;
+pub mod store;
+pub mod view;
 
 use checkout_kit::db::Migrations;
 

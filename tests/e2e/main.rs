@@ -2,6 +2,7 @@
 //! `CHECKOUT_TEST_BACKEND` picks (SQLite by default, `postgres` for the Postgres leg).
 
 mod cart;
+mod checkout;
 mod cli;
 mod helpers;
 mod idempotency;

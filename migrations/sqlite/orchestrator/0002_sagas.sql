@@ -15,6 +15,7 @@ CREATE TABLE sagas (
     failure_message  TEXT    NOT NULL,
     failure_step     TEXT    NOT NULL,
     cancel_requested BOOLEAN NOT NULL,
+    pivot_started    BOOLEAN NOT NULL,
     deadline_at      INTEGER NOT NULL,
     next_attempt_at  INTEGER NOT NULL,
     lease_owner      TEXT,

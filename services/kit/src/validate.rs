@@ -1,6 +1,7 @@
 //! Request validation shared by every service: field-level checks collected into one
 //! `INVALID_ARGUMENT` that names each offending field, before any database work.
 
+use checkout_proto::common::Address;
 use tonic_types::FieldViolation;
 
 use crate::status::Rejection;
@@ -108,6 +109,51 @@ pub fn is_sku(value: &str) -> bool {
 /// Three upper-case ASCII letters.
 pub fn is_currency_code(value: &str) -> bool {
     value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+fn text(v: &mut Violations, field: &str, value: &str, required: bool, max: usize) {
+    if required && value.trim().is_empty() {
+        v.add(field, "required");
+    } else if value.chars().count() > max {
+        v.add(field, &format!("at most {max} characters"));
+    } else if value.chars().any(char::is_control) {
+        v.add(field, "must not contain control characters");
+    }
+}
+
+/// Checks every field of an address, naming each bad one under `prefix`.
+pub fn check_address(v: &mut Violations, prefix: &str, address: Option<&Address>) {
+    let Some(a) = address else {
+        v.add(prefix, "required");
+        return;
+    };
+    let f = |name: &str| format!("{prefix}.{name}");
+    text(v, &f("recipient_name"), &a.recipient_name, true, 200);
+    text(v, &f("line1"), &a.line1, true, 200);
+    text(v, &f("line2"), &a.line2, false, 200);
+    text(v, &f("city"), &a.city, true, 100);
+    text(v, &f("region"), &a.region, false, 100);
+    text(v, &f("postal_code"), &a.postal_code, true, 20);
+    v.check(
+        a.postal_code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '-'),
+        &f("postal_code"),
+        "letters, digits, spaces and '-' only",
+    );
+    v.check(
+        a.country_code.len() == 2 && a.country_code.bytes().all(|b| b.is_ascii_uppercase()),
+        &f("country_code"),
+        "an ISO 3166-1 alpha-2 code such as DE",
+    );
+    v.check(
+        a.phone.len() <= 32
+            && a.phone
+                .chars()
+                .all(|c| c.is_ascii_digit() || " +-()".contains(c)),
+        &f("phone"),
+        "at most 32 digits, spaces, '+', '-', '(' or ')'",
+    );
 }
 
 #[cfg(test)]

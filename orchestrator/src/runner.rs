@@ -1,0 +1,624 @@
+//! The imperative shell around the saga machine: claims a saga's lease, writes each attempt
+//! ahead of its command, sends the command, records the result, and loops until the saga is
+//! over or parked. A bounded pool of workers drives sagas; a sweeper resumes those whose lease
+//! lapsed (a crashed replica) or whose retry is due.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use checkout_kit::db::{Db, DbError, Tx, now_millis};
+use checkout_kit::shutdown::Shutdown;
+use checkout_kit::status::{error_chain, reason_of};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, broadcast};
+use tonic::Status;
+
+use crate::saga::definition::SagaDef;
+use crate::saga::machine::{
+    self, Decision, Direction, Failure, SagaState, SagaStatus, StepState, StepStatus, Transition,
+};
+use crate::saga::outcome::{Outcome, classify};
+use crate::store::{self, AttemptRow, SagaRow, StepRow};
+
+/// One command the engine asks a saga's executor to send.
+#[derive(Debug)]
+pub struct StepCall<'a> {
+    /// The saga (and checkout) id.
+    pub saga_id: &'a str,
+    /// Step name.
+    pub step: &'a str,
+    /// Action or compensation.
+    pub direction: Direction,
+    /// The command's request id: the same for every attempt of this step and direction.
+    pub request_id: &'a str,
+    /// The saga's input.
+    pub input: &'a Value,
+    /// Outputs of the steps that succeeded, by step name.
+    pub outputs: &'a serde_json::Map<String, Value>,
+    /// Deadline of this attempt.
+    pub timeout: Duration,
+}
+
+/// Sends a saga's commands.
+#[tonic::async_trait]
+pub trait StepExecutor: Send + Sync + 'static {
+    /// Sends one step's action or compensation; returns its output on success.
+    async fn execute(&self, call: StepCall<'_>) -> Result<Value, Status>;
+}
+
+/// The request id of a step's action or compensation: derived from saga, step and direction,
+/// so a command re-sent after a crash or a timeout is the same command.
+pub fn request_id(saga_id: &str, step: &str, direction: Direction) -> String {
+    let digest = Sha256::new()
+        .chain_update(saga_id.as_bytes())
+        .chain_update(b"/")
+        .chain_update(step.as_bytes())
+        .chain_update(b"/")
+        .chain_update(direction.as_str().as_bytes())
+        .finalize();
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes).to_string()
+}
+
+/// Named points where a test can make the orchestrator process abort, to prove recovery:
+/// `after_write_ahead:<step>` (the attempt is recorded, the command not sent),
+/// `after_send:<step>` (the command returned, its result not recorded),
+/// `after_record:<step>` (the result is recorded). A point without `:<step>` fires on any step.
+#[derive(Debug, Clone, Default)]
+pub struct CrashPoints(Vec<String>);
+
+impl CrashPoints {
+    /// Parses a comma-separated list.
+    pub fn parse(list: &str) -> Self {
+        Self(
+            list.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    fn hit(&self, point: &str, step: &str) {
+        if self
+            .0
+            .iter()
+            .any(|p| p == point || *p == format!("{point}:{step}"))
+        {
+            eprintln!("crash point {point}:{step} reached; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This replica's name in leases.
+    pub replica_id: String,
+    /// Sagas driven at once.
+    pub workers: usize,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// How often the sweeper looks for due sagas.
+    pub sweep_interval: Duration,
+    /// Crash points (tests only).
+    pub crash_points: CrashPoints,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            replica_id: format!("orchestrator-{}", uuid::Uuid::new_v4().simple()),
+            workers: 64,
+            lease_ttl: Duration::from_secs(15),
+            sweep_interval: Duration::from_millis(500),
+            crash_points: CrashPoints::default(),
+        }
+    }
+}
+
+/// Why driving a saga stopped with an error (it is resumed later by the sweeper).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A stored saga could not be read.
+    #[error("saga {0} is corrupt: {1}")]
+    Corrupt(String, String),
+}
+
+/// The saga engine of one replica.
+#[derive(Clone)]
+pub struct Engine {
+    db: Db,
+    def: Arc<SagaDef>,
+    executor: Arc<dyn StepExecutor>,
+    config: EngineConfig,
+    permits: Arc<Semaphore>,
+    active: Arc<Mutex<HashSet<String>>>,
+    changes: broadcast::Sender<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("saga", &self.def.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn index(i: i64) -> usize {
+    usize::try_from(i).unwrap_or(0)
+}
+
+fn state_of(saga: &SagaRow, steps: &[StepRow], now: i64) -> Result<SagaState, EngineError> {
+    let corrupt = |what: &str| EngineError::Corrupt(saga.saga_id.clone(), what.to_owned());
+    Ok(SagaState {
+        status: SagaStatus::parse(&saga.status).ok_or_else(|| corrupt("status"))?,
+        step_index: index(saga.step_index),
+        steps: steps
+            .iter()
+            .map(|s| {
+                Ok(StepState {
+                    status: StepStatus::parse(&s.status).ok_or_else(|| corrupt("step status"))?,
+                    forward_attempts: u32::try_from(s.forward_attempts).unwrap_or(u32::MAX),
+                    compensation_attempts: u32::try_from(s.compensation_attempts)
+                        .unwrap_or(u32::MAX),
+                    may_have_applied: s.may_have_applied,
+                })
+            })
+            .collect::<Result<_, EngineError>>()?,
+        cancel_requested: saga.cancel_requested,
+        deadline_passed: now > saga.deadline_at,
+    })
+}
+
+fn step_row(i: usize, name: &str, s: &StepState) -> StepRow {
+    StepRow {
+        step_index: i64::try_from(i).unwrap_or(i64::MAX),
+        name: name.to_owned(),
+        status: s.status.as_str().to_owned(),
+        forward_attempts: i64::from(s.forward_attempts),
+        compensation_attempts: i64::from(s.compensation_attempts),
+        may_have_applied: s.may_have_applied,
+    }
+}
+
+/// What a finished attempt said: outcome, the refusal's reason, its message and code name.
+fn describe(result: &Result<Value, Status>) -> (Outcome, String, String, String) {
+    match result {
+        Ok(_) => (
+            Outcome::Success,
+            String::new(),
+            String::new(),
+            "OK".to_owned(),
+        ),
+        Err(status) => {
+            let code = format!("{:?}", status.code());
+            let reason = reason_of(status).unwrap_or_else(|| code.to_uppercase());
+            (
+                classify(status.code()),
+                reason,
+                status.message().to_owned(),
+                code,
+            )
+        }
+    }
+}
+
+impl Engine {
+    /// An engine for one saga definition over the orchestrator's database.
+    pub fn new(
+        db: Db,
+        def: SagaDef,
+        executor: Arc<dyn StepExecutor>,
+        config: EngineConfig,
+    ) -> Self {
+        let (changes, _) = broadcast::channel(1024);
+        Self {
+            db,
+            permits: Arc::new(Semaphore::new(config.workers.max(1))),
+            def: Arc::new(def),
+            executor,
+            config,
+            active: Arc::default(),
+            changes,
+        }
+    }
+
+    /// The saga definition.
+    pub fn definition(&self) -> &SagaDef {
+        &self.def
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Saga ids as their state changes on this replica (other replicas' changes are seen by
+    /// polling).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changes.subscribe()
+    }
+
+    /// Announces a change made outside the driver (a cancel, a retry).
+    pub fn announce(&self, saga_id: &str) {
+        let _ = self.changes.send(saga_id.to_owned());
+    }
+
+    /// Drives a saga on a worker, unless this replica already drives it.
+    pub fn start(&self, saga_id: &str) {
+        if !self
+            .active
+            .lock()
+            .map(|mut active| active.insert(saga_id.to_owned()))
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let engine = self.clone();
+        let saga_id = saga_id.to_owned();
+        tokio::spawn(async move {
+            if let Ok(_permit) = engine.permits.clone().acquire_owned().await
+                && let Err(e) = engine.drive(&saga_id).await
+            {
+                tracing::warn!(%saga_id, error = %error_chain(&e), "driving the saga stopped; the sweeper resumes it");
+            }
+            if let Ok(mut active) = engine.active.lock() {
+                active.remove(&saga_id);
+            }
+        });
+    }
+
+    /// Resumes due sagas until shutdown: new ones whose start was lost, retries that are due,
+    /// and sagas whose driver's lease lapsed.
+    pub fn spawn_sweeper(&self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.clone().requested() => return,
+                    () = tokio::time::sleep(engine.config.sweep_interval) => {}
+                }
+                match engine.sweep().await {
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %error_chain(&e), "saga sweep failed"),
+                }
+            }
+        })
+    }
+
+    /// One sweep: starts every due saga this replica can take; returns how many.
+    pub async fn sweep(&self) -> Result<usize, EngineError> {
+        let room = i64::try_from(self.permits.available_permits().max(1)).unwrap_or(1);
+        let mut tx = self.db.begin_read().await?;
+        let due = store::due(&mut tx, &self.config.replica_id, now_millis(), room).await?;
+        tx.rollback().await?;
+        for saga_id in &due {
+            self.start(saga_id);
+        }
+        Ok(due.len())
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_millis().saturating_add(millis(self.config.lease_ttl))
+    }
+
+    async fn load(
+        &self,
+        tx: &mut Tx,
+        saga_id: &str,
+    ) -> Result<(SagaRow, Vec<StepRow>), EngineError> {
+        let saga = store::saga(tx, saga_id)
+            .await?
+            .ok_or_else(|| EngineError::Corrupt(saga_id.to_owned(), "missing".to_owned()))?;
+        let steps = store::steps(tx, saga_id).await?;
+        Ok((saga, steps))
+    }
+
+    /// Drives one saga until it is over, parked, waiting long for a retry, or taken over.
+    pub async fn drive(&self, saga_id: &str) -> Result<(), EngineError> {
+        let owner = self.config.replica_id.clone();
+        let mut tx = self.db.begin().await?;
+        let claimed =
+            store::claim(&mut tx, saga_id, &owner, self.lease_until(), now_millis()).await?;
+        if claimed {
+            // Attempts a crashed driver left in flight may have taken effect.
+            let interrupted = store::interrupt_in_flight(&mut tx, saga_id, now_millis()).await?;
+            for step in interrupted {
+                let mut steps = store::steps(&mut tx, saga_id).await?;
+                if let Some(row) = steps.get_mut(index(step)) {
+                    row.may_have_applied = true;
+                    store::save_step(&mut tx, saga_id, row).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        if !claimed {
+            return Ok(());
+        }
+        let result = self.drive_owned(saga_id, &owner).await;
+        let mut tx = self.db.begin().await?;
+        store::release(&mut tx, saga_id, &owner).await?;
+        tx.commit().await?;
+        self.announce(saga_id);
+        result
+    }
+
+    async fn drive_owned(&self, saga_id: &str, owner: &str) -> Result<(), EngineError> {
+        loop {
+            let mut tx = self.db.begin_read().await?;
+            let (mut saga, steps) = self.load(&mut tx, saga_id).await?;
+            tx.rollback().await?;
+            if saga.lease_owner.as_deref() != Some(owner) {
+                return Ok(());
+            }
+            let now = now_millis();
+            let mut state = state_of(&saga, &steps, now)?;
+            match machine::decide(&self.def, &state) {
+                Decision::Idle => return Ok(()),
+                Decision::Complete => {
+                    saga.status = SagaStatus::Completed.as_str().to_owned();
+                    self.save(
+                        &saga,
+                        &state,
+                        owner,
+                        None,
+                        ("completed", "", "the order is reserved, paid and shippable"),
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                Decision::FinishCompensation => {
+                    saga.status = SagaStatus::Compensated.as_str().to_owned();
+                    let message = format!("every step was undone ({})", saga.failure_reason);
+                    self.save(&saga, &state, owner, None, ("compensated", "", &message))
+                        .await?;
+                    return Ok(());
+                }
+                Decision::Compensate(failure) => {
+                    self.begin_compensation(&mut saga, &failure);
+                    let message = format!("{}: {}", failure.reason, failure.message);
+                    if !self
+                        .save(
+                            &saga,
+                            &state,
+                            owner,
+                            None,
+                            ("compensation_started", &failure.step, &message),
+                        )
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                }
+                Decision::Attempt {
+                    step,
+                    direction,
+                    number,
+                } => {
+                    match self
+                        .attempt(&mut saga, &mut state, owner, step, direction, number)
+                        .await?
+                    {
+                        Some(Transition::RetryAfter(delay)) => tokio::time::sleep(delay).await,
+                        Some(Transition::Park(_)) | None => return Ok(()),
+                        Some(Transition::Continue | Transition::Compensate(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin_compensation(&self, saga: &mut SagaRow, failure: &Failure) {
+        saga.status = SagaStatus::Compensating.as_str().to_owned();
+        saga.direction = Direction::Compensation.as_str().to_owned();
+        saga.step_index = saga
+            .step_index
+            .min(i64::try_from(self.def.steps.len()).unwrap_or(i64::MAX) - 1);
+        saga.failure_reason = failure.reason.clone();
+        saga.failure_message = failure.message.clone();
+        saga.failure_step = failure.step.clone();
+    }
+
+    /// Writes the saga row (fenced) and its steps and one event; false when fenced off.
+    async fn save(
+        &self,
+        saga: &SagaRow,
+        state: &SagaState,
+        owner: &str,
+        attempt: Option<(&AttemptRow, bool)>,
+        event: (&str, &str, &str),
+    ) -> Result<bool, EngineError> {
+        let now = now_millis();
+        let mut row = saga.clone();
+        row.updated_at = now;
+        let mut tx = self.db.begin().await?;
+        let pivot_write_ahead = matches!(attempt, Some((a, true)) if index(a.step_index) == self.def.pivot() && a.direction == Direction::Forward.as_str());
+        if pivot_write_ahead {
+            row.pivot_started = true;
+        }
+        if !store::save_saga(&mut tx, &row, owner, self.lease_until(), pivot_write_ahead).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for (i, step) in state.steps.iter().enumerate() {
+            store::save_step(
+                &mut tx,
+                &saga.saga_id,
+                &step_row(i, self.def.steps[i].name, step),
+            )
+            .await?;
+        }
+        match attempt {
+            Some((a, true)) => store::insert_attempt(&mut tx, &saga.saga_id, a).await?,
+            Some((a, false)) => store::finish_attempt(&mut tx, &saga.saga_id, a).await?,
+            None => {}
+        }
+        store::append_event(
+            &mut tx,
+            &saga.saga_id,
+            event.0,
+            event.1,
+            event.2,
+            &row.status,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        self.announce(&saga.saga_id);
+        Ok(true)
+    }
+
+    /// One attempt: written ahead, sent, recorded. `None` when the saga was taken from us.
+    async fn attempt(
+        &self,
+        saga: &mut SagaRow,
+        state: &mut SagaState,
+        owner: &str,
+        step: usize,
+        direction: Direction,
+        number: u32,
+    ) -> Result<Option<Transition>, EngineError> {
+        let def = &self.def.steps[step];
+        let label = match direction {
+            Direction::Forward => def.name,
+            Direction::Compensation => def.compensation.unwrap_or(def.name),
+        };
+        let request_id = request_id(&saga.saga_id, def.name, direction);
+        {
+            let s = &mut state.steps[step];
+            match direction {
+                Direction::Forward => {
+                    s.forward_attempts = number;
+                    s.status = StepStatus::Running;
+                }
+                Direction::Compensation => {
+                    s.compensation_attempts = number;
+                    s.status = StepStatus::Compensating;
+                }
+            }
+        }
+        if direction == Direction::Forward {
+            saga.step_index = i64::try_from(step).unwrap_or(i64::MAX);
+        }
+        let mut attempt = AttemptRow {
+            step_index: i64::try_from(step).unwrap_or(i64::MAX),
+            direction: direction.as_str().to_owned(),
+            number: i64::from(number),
+            request_id: request_id.clone(),
+            outcome: "in_flight".to_owned(),
+            status_code: String::new(),
+            message: String::new(),
+            started_at: now_millis(),
+            ended_at: None,
+        };
+        let kind = match direction {
+            Direction::Forward => "step_started",
+            Direction::Compensation => "compensation_step_started",
+        };
+        let note = format!("attempt {number}");
+        if !self
+            .save(
+                saga,
+                state,
+                owner,
+                Some((&attempt, true)),
+                (kind, label, &note),
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        saga.version += 1;
+        if direction == Direction::Forward && step == self.def.pivot() {
+            saga.pivot_started = true;
+        }
+        self.config.crash_points.hit("after_write_ahead", def.name);
+
+        let input: Value = serde_json::from_str(&saga.input)
+            .map_err(|e| EngineError::Corrupt(saga.saga_id.clone(), e.to_string()))?;
+        let mut outputs: serde_json::Map<String, Value> = serde_json::from_str(&saga.outputs)
+            .map_err(|e| EngineError::Corrupt(saga.saga_id.clone(), e.to_string()))?;
+        let result = self
+            .executor
+            .execute(StepCall {
+                saga_id: &saga.saga_id,
+                step: def.name,
+                direction,
+                request_id: &request_id,
+                input: &input,
+                outputs: &outputs,
+                timeout: def.timeout,
+            })
+            .await;
+        self.config.crash_points.hit("after_send", def.name);
+
+        let (outcome, reason, message, code) = describe(&result);
+        if let (Ok(output), Direction::Forward) = (&result, direction) {
+            outputs.insert(def.name.to_owned(), output.clone());
+            saga.outputs = Value::Object(outputs).to_string();
+        }
+        let transition = machine::apply(
+            &self.def, state, step, direction, outcome, &reason, &message,
+        );
+        attempt.outcome = outcome.as_str().to_owned();
+        attempt.status_code = code;
+        attempt.message = message.clone();
+        attempt.ended_at = Some(now_millis());
+        saga.step_index = i64::try_from(state.step_index).unwrap_or(i64::MAX);
+        let (kind, note) = match (&transition, direction, outcome) {
+            (Transition::Continue, Direction::Forward, _) => ("step_succeeded", String::new()),
+            (Transition::Continue, Direction::Compensation, _) => {
+                ("step_compensated", String::new())
+            }
+            (Transition::RetryAfter(d), _, _) => {
+                saga.next_attempt_at = now_millis().saturating_add(millis(*d));
+                (
+                    "step_retry_scheduled",
+                    format!("{reason}: {message}; retry in {} ms", d.as_millis()),
+                )
+            }
+            (Transition::Compensate(failure), _, _) => {
+                self.begin_compensation(saga, failure);
+                (
+                    "step_failed",
+                    format!("{}: {}", failure.reason, failure.message),
+                )
+            }
+            (Transition::Park(failure), _, _) => {
+                saga.status = SagaStatus::NeedsAttention.as_str().to_owned();
+                saga.failure_reason = failure.reason.clone();
+                saga.failure_message = failure.message.clone();
+                saga.failure_step = failure.step.clone();
+                ("parked", format!("{}: {}", failure.reason, failure.message))
+            }
+        };
+        if !self
+            .save(
+                saga,
+                state,
+                owner,
+                Some((&attempt, false)),
+                (kind, label, &note),
+            )
+            .await?
+        {
+            return Ok(None);
+        }
+        saga.version += 1;
+        self.config.crash_points.hit("after_record", def.name);
+        Ok(Some(transition))
+    }
+}
