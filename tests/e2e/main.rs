@@ -8,4 +8,5 @@ mod helpers;
 mod idempotency;
 mod inventory;
 mod migrations;
+mod recovery;
 mod servers;

@@ -36,9 +36,11 @@ pub struct SagaDef {
     pub name: &'static str,
     /// Steps in order.
     pub steps: Vec<StepDef>,
-    /// Retries of steps before the pivot succeeded; exhausting it compensates.
+    /// Retries of compensatable steps; exhausting it compensates.
     pub forward_retry: RetryPolicy,
-    /// Retries after the pivot and of compensations; exhausting it parks the saga.
+    /// Retries of the pivot, of the steps after it and of compensations; exhausting it parks
+    /// the saga. The pivot is here because an unanswered capture may have happened: only a
+    /// refusal proves it did not.
     pub persistent_retry: RetryPolicy,
     /// How long the saga may take before the pivot; past it, it compensates.
     pub deadline: Duration,
@@ -55,7 +57,7 @@ impl SagaDef {
 
     /// The retry policy of a step attempted in a direction.
     pub fn retry_for(&self, step: usize, compensating: bool) -> &RetryPolicy {
-        if compensating || self.steps[step].kind == StepKind::Retriable {
+        if compensating || self.steps[step].kind != StepKind::Compensatable {
             &self.persistent_retry
         } else {
             &self.forward_retry

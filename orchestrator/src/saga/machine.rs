@@ -296,10 +296,10 @@ pub fn apply(
             let policy = def.retry_for(step, false);
             if policy.allows_another(s.forward_attempts) {
                 Transition::RetryAfter(policy.delay(s.forward_attempts))
-            } else if kind == StepKind::Retriable {
-                Transition::Park(failure("STEP_RETRIES_EXHAUSTED"))
-            } else {
+            } else if kind == StepKind::Compensatable {
                 Transition::Compensate(failure("STEP_RETRIES_EXHAUSTED"))
+            } else {
+                Transition::Park(failure("STEP_RETRIES_EXHAUSTED"))
             }
         }
         (Direction::Compensation, Outcome::Success) => {
@@ -472,6 +472,22 @@ mod tests {
         assert_eq!(state.status, SagaStatus::NeedsAttention);
         assert!(attempts.iter().all(|a| a.1 == Direction::Forward));
         assert_eq!(attempts.iter().filter(|a| a.0 == 4).count(), 5);
+    }
+
+    #[test]
+    fn an_unanswered_pivot_is_never_compensated() {
+        let def = def();
+        let mut state = fresh(&def);
+        let attempts = run(&def, &mut state, |step, _| {
+            if step == 3 {
+                Outcome::Ambiguous
+            } else {
+                Outcome::Success
+            }
+        });
+        assert_eq!(state.status, SagaStatus::NeedsAttention);
+        assert!(attempts.iter().all(|a| a.1 == Direction::Forward));
+        assert_eq!(attempts.iter().filter(|a| a.0 == 3).count(), 5);
     }
 
     #[test]

@@ -106,6 +106,18 @@ macro_rules! target_of {
     }};
 }
 
+/// Runs an operation that calls the processor to its end even if the caller disconnects.
+/// tonic drops a handler's future when its client goes away; dropped between the committed
+/// intent and the recorded answer, the request would stay claimed until its lock lapses and
+/// every retry meanwhile would answer REQUEST_IN_PROGRESS.
+async fn to_completion<T: Send + 'static>(
+    operation: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(operation)
+        .await
+        .map_err(|e| status::internal(&e))?
+}
+
 fn entry(e: EntryRow) -> LedgerEntry {
     LedgerEntry {
         entry_id: e.entry_id,
@@ -175,8 +187,8 @@ impl PaymentService for PaymentServiceApi {
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let key = Key::new(CAPTURE, &req)?;
-        self.payments
-            .capture(key, &target, req.amount.as_ref())
+        let payments = self.payments.clone();
+        to_completion(async move { payments.capture(key, &target, req.amount.as_ref()).await })
             .await
             .map(Response::new)
     }
@@ -192,7 +204,10 @@ impl PaymentService for PaymentServiceApi {
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let key = Key::new(VOID, &req)?;
-        self.payments.void(key, &target).await.map(Response::new)
+        let payments = self.payments.clone();
+        to_completion(async move { payments.void(key, &target).await })
+            .await
+            .map(Response::new)
     }
 
     async fn refund_payment(
@@ -212,8 +227,8 @@ impl PaymentService for PaymentServiceApi {
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let key = Key::new(REFUND, &req)?;
         let amount = req.amount.clone().unwrap_or_default();
-        self.payments
-            .refund(key, &target, &amount)
+        let payments = self.payments.clone();
+        to_completion(async move { payments.refund(key, &target, &amount).await })
             .await
             .map(Response::new)
     }
