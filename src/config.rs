@@ -41,6 +41,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Compare payments, ledger and processor records; exit non-zero on any mismatch.
     Reconcile(ReconcileArgs),
+    /// Start everything on a temporary SQLite directory, run three checkouts (completed,
+    /// declined, out of stock) and print their timelines.
+    Demo,
 }
 
 /// Flags of `reconcile`.

@@ -43,6 +43,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Reconcile(args) => reconcile(args).await,
+        Command::Demo => {
+            print!("{}", checkout::demo::run().await?);
+            Ok(())
+        }
     }
 }
 

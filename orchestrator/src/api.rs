@@ -478,12 +478,9 @@ impl CheckoutService for CheckoutApi {
             let mut steps = store::steps(tx, &saga.saga_id).await.map_err(db_status)?;
             if let Some(step) = steps.iter_mut().find(|s| s.name == saga.failure_step) {
                 if compensating {
-                    step.compensation_attempts = 0;
+                    step.compensation_retry_base = step.compensation_attempts;
                 } else {
-                    step.forward_attempts = 0;
-                    if step.status == "failed" {
-                        step.status = "pending".to_owned();
-                    }
+                    step.forward_retry_base = step.forward_attempts;
                 }
                 store::save_step(tx, &saga.saga_id, step)
                     .await

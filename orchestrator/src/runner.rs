@@ -3,7 +3,7 @@
 //! over or parked. A bounded pool of workers drives sagas; a sweeper resumes those whose lease
 //! lapsed (a crashed replica) or whose retry is due.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,7 +140,8 @@ pub struct Engine {
     executor: Arc<dyn StepExecutor>,
     config: EngineConfig,
     permits: Arc<Semaphore>,
-    active: Arc<Mutex<HashSet<String>>>,
+    /// Sagas this replica drives now; `true` asks the driver to look again when it ends.
+    active: Arc<Mutex<HashMap<String, bool>>>,
     changes: broadcast::Sender<String>,
 }
 
@@ -174,6 +175,9 @@ fn state_of(saga: &SagaRow, steps: &[StepRow], now: i64) -> Result<SagaState, En
                     forward_attempts: u32::try_from(s.forward_attempts).unwrap_or(u32::MAX),
                     compensation_attempts: u32::try_from(s.compensation_attempts)
                         .unwrap_or(u32::MAX),
+                    forward_retry_base: u32::try_from(s.forward_retry_base).unwrap_or(u32::MAX),
+                    compensation_retry_base: u32::try_from(s.compensation_retry_base)
+                        .unwrap_or(u32::MAX),
                     may_have_applied: s.may_have_applied,
                 })
             })
@@ -190,6 +194,8 @@ fn step_row(i: usize, name: &str, s: &StepState) -> StepRow {
         status: s.status.as_str().to_owned(),
         forward_attempts: i64::from(s.forward_attempts),
         compensation_attempts: i64::from(s.compensation_attempts),
+        forward_retry_base: i64::from(s.forward_retry_base),
+        compensation_retry_base: i64::from(s.compensation_retry_base),
         may_have_applied: s.may_have_applied,
     }
 }
@@ -257,26 +263,38 @@ impl Engine {
         let _ = self.changes.send(saga_id.to_owned());
     }
 
-    /// Drives a saga on a worker, unless this replica already drives it.
+    /// Drives a saga on a worker. If this replica drives it already, the driver looks again
+    /// once it is done (a cancel or an operator retry may have arrived as it was finishing).
     pub fn start(&self, saga_id: &str) {
-        if !self
-            .active
-            .lock()
-            .map(|mut active| active.insert(saga_id.to_owned()))
-            .unwrap_or(false)
         {
-            return;
+            let Ok(mut active) = self.active.lock() else {
+                return;
+            };
+            if let Some(again) = active.get_mut(saga_id) {
+                *again = true;
+                return;
+            }
+            active.insert(saga_id.to_owned(), false);
         }
         let engine = self.clone();
         let saga_id = saga_id.to_owned();
         tokio::spawn(async move {
-            if let Ok(_permit) = engine.permits.clone().acquire_owned().await
-                && let Err(e) = engine.drive(&saga_id).await
-            {
-                tracing::warn!(%saga_id, error = %error_chain(&e), "driving the saga stopped; the sweeper resumes it");
-            }
-            if let Ok(mut active) = engine.active.lock() {
-                active.remove(&saga_id);
+            loop {
+                if let Ok(_permit) = engine.permits.clone().acquire_owned().await
+                    && let Err(e) = engine.drive(&saga_id).await
+                {
+                    tracing::warn!(%saga_id, error = %error_chain(&e), "driving the saga stopped; the sweeper resumes it");
+                }
+                let Ok(mut active) = engine.active.lock() else {
+                    return;
+                };
+                match active.get_mut(&saga_id) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        active.remove(&saga_id);
+                        return;
+                    }
+                }
             }
         });
     }

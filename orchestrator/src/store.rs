@@ -66,6 +66,10 @@ pub struct StepRow {
     pub forward_attempts: i64,
     /// Compensation attempts counted.
     pub compensation_attempts: i64,
+    /// Forward attempts made before the last operator retry.
+    pub forward_retry_base: i64,
+    /// Compensation attempts made before the last operator retry.
+    pub compensation_retry_base: i64,
     /// The step's effect may exist.
     pub may_have_applied: bool,
 }
@@ -152,8 +156,9 @@ pub async fn insert_saga(tx: &mut Tx, s: &SagaRow, steps: &[&str]) -> Result<(),
         on_backend!(tx, conn => {
             sqlx::query(
                 "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
-                   compensation_attempts, may_have_applied) \
-                 VALUES ($1, $2, $3, 'pending', 0, 0, FALSE)",
+                   compensation_attempts, forward_retry_base, compensation_retry_base, \
+                   may_have_applied) \
+                 VALUES ($1, $2, $3, 'pending', 0, 0, 0, 0, FALSE)",
             )
             .bind(&s.saga_id)
             .bind(i64::try_from(i).unwrap_or(i64::MAX))
@@ -178,7 +183,8 @@ pub async fn steps(tx: &mut Tx, saga_id: &str) -> Result<Vec<StepRow>, DbError> 
     Ok(on_backend!(tx, conn => {
         sqlx::query_as(
             "SELECT step_index, name, status, forward_attempts, compensation_attempts, \
-               may_have_applied FROM saga_steps WHERE saga_id = $1 ORDER BY step_index",
+               forward_retry_base, compensation_retry_base, may_have_applied \
+             FROM saga_steps WHERE saga_id = $1 ORDER BY step_index",
         )
         .bind(saga_id)
         .fetch_all(&mut *conn)
@@ -292,7 +298,8 @@ pub async fn save_step(tx: &mut Tx, saga_id: &str, step: &StepRow) -> Result<(),
     on_backend!(tx, conn => {
         sqlx::query(
             "UPDATE saga_steps SET status = $3, forward_attempts = $4, \
-               compensation_attempts = $5, may_have_applied = $6 \
+               compensation_attempts = $5, forward_retry_base = $6, \
+               compensation_retry_base = $7, may_have_applied = $8 \
              WHERE saga_id = $1 AND step_index = $2",
         )
         .bind(saga_id)
@@ -300,6 +307,8 @@ pub async fn save_step(tx: &mut Tx, saga_id: &str, step: &StepRow) -> Result<(),
         .bind(&step.status)
         .bind(step.forward_attempts)
         .bind(step.compensation_attempts)
+        .bind(step.forward_retry_base)
+        .bind(step.compensation_retry_base)
         .bind(step.may_have_applied)
         .execute(&mut *conn)
         .await?;

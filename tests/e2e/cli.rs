@@ -299,3 +299,22 @@ async fn reconcile_passes_clean_books_and_fails_on_a_mismatch() {
     );
     assert!(stderr.contains("1 mismatches found"), "{stderr}");
 }
+
+#[test]
+fn the_demo_shows_a_completed_a_declined_and_an_out_of_stock_checkout() {
+    let (ok, stdout, stderr) = run(checkout().arg("demo"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("status COMPLETED"), "{stdout}");
+    assert!(
+        stdout.contains("why: PAYMENT_DECLINED at authorize_payment"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("why: OUT_OF_STOCK at reserve_inventory"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("step_compensated           unlock_cart"),
+        "{stdout}"
+    );
+}

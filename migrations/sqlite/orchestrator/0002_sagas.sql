@@ -37,6 +37,9 @@ CREATE TABLE saga_steps (
     status                TEXT    NOT NULL,
     forward_attempts      INTEGER NOT NULL,
     compensation_attempts INTEGER NOT NULL,
+    -- Attempts made before an operator's retry: the retry budget counts from here.
+    forward_retry_base    INTEGER NOT NULL,
+    compensation_retry_base INTEGER NOT NULL,
     may_have_applied      BOOLEAN NOT NULL,
     PRIMARY KEY (saga_id, step_index)
 );

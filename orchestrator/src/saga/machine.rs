@@ -9,7 +9,7 @@ use super::definition::{SagaDef, StepKind};
 use super::outcome::Outcome;
 
 /// Which way the saga is going.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Running the steps' actions.
     Forward,
@@ -128,6 +128,10 @@ pub struct StepState {
     pub forward_attempts: u32,
     /// Compensation attempts made.
     pub compensation_attempts: u32,
+    /// Forward attempts made before the last operator retry; the retry budget counts after.
+    pub forward_retry_base: u32,
+    /// Compensation attempts made before the last operator retry.
+    pub compensation_retry_base: u32,
     /// True once an attempt succeeded, ended ambiguously or was interrupted: the step's effect
     /// may exist and must be compensated if the saga compensates.
     pub may_have_applied: bool,
@@ -139,6 +143,8 @@ impl StepState {
         status: StepStatus::Pending,
         forward_attempts: 0,
         compensation_attempts: 0,
+        forward_retry_base: 0,
+        compensation_retry_base: 0,
         may_have_applied: false,
     };
 }
@@ -294,8 +300,9 @@ pub fn apply(
         (Direction::Forward, Outcome::Transient | Outcome::Ambiguous) => {
             s.may_have_applied |= outcome == Outcome::Ambiguous;
             let policy = def.retry_for(step, false);
-            if policy.allows_another(s.forward_attempts) {
-                Transition::RetryAfter(policy.delay(s.forward_attempts))
+            let used = s.forward_attempts.saturating_sub(s.forward_retry_base);
+            if policy.allows_another(used) {
+                Transition::RetryAfter(policy.delay(used))
             } else if kind == StepKind::Compensatable {
                 Transition::Compensate(failure("STEP_RETRIES_EXHAUSTED"))
             } else {
@@ -312,8 +319,11 @@ pub fn apply(
         }
         (Direction::Compensation, Outcome::Transient | Outcome::Ambiguous) => {
             let policy = def.retry_for(step, true);
-            if policy.allows_another(s.compensation_attempts) {
-                Transition::RetryAfter(policy.delay(s.compensation_attempts))
+            let used = s
+                .compensation_attempts
+                .saturating_sub(s.compensation_retry_base);
+            if policy.allows_another(used) {
+                Transition::RetryAfter(policy.delay(used))
             } else {
                 Transition::Park(failure("COMPENSATION_RETRIES_EXHAUSTED"))
             }
