@@ -19,11 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("checkout_descriptor.bin"), fds.encode_to_vec())?;
 
-    tonic_prost_build::configure()
-        // RPCs whose behaviour a later issue builds answer UNIMPLEMENTED through the generated
-        // default until their service implements them.
-        .generate_default_stubs(true)
-        .compile_fds(fds)?;
+    // No default stubs: a new RPC does not compile until its service implements it.
+    tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use checkout_kit::db::PoolConfig;
+use checkout_kit::fault::{FaultConfig, Rule};
 use checkout_kit::idempotency::IdempotencyConfig;
 use checkout_kit::server::ServerLimits;
 use clap::{Args, Parser, Subcommand};
@@ -322,6 +323,18 @@ pub struct ServerArgs {
     /// after_send:<step>, after_record:<step>), comma-separated.
     #[arg(long, env = "CHECKOUT_CRASH_POINTS", default_value = "")]
     pub crash_points: String,
+    /// Allow fault injection: FaultService accepts rules (it refuses otherwise).
+    #[arg(long, env = "CHECKOUT_ALLOW_FAULT_INJECTION")]
+    pub allow_fault_injection: bool,
+    /// Fault rules active from the start, as JSON: `[{"rpc_pattern": "/pkg.Service/*",
+    /// "probability": 0.1, "kind": "error_before"}]`; kinds: error_before (with error_code),
+    /// delay (with delay_ms), drop_response_unavailable, drop_response_deadline_exceeded,
+    /// crash_before, crash_after. Needs --allow-fault-injection.
+    #[arg(long, env = "CHECKOUT_FAULT_RULES")]
+    pub fault_rules: Option<String>,
+    /// Seed of the fault rules' randomness.
+    #[arg(long, env = "CHECKOUT_FAULT_SEED", default_value_t = 0)]
+    pub fault_seed: u64,
 }
 
 impl ServerArgs {
@@ -381,12 +394,36 @@ impl ServerArgs {
                 deadline: Duration::from_millis(self.saga_deadline_ms),
                 step_timeout: Duration::from_millis(self.step_timeout_ms),
             },
+            faults: self.faults()?,
             served_countries: match &self.served_countries {
                 Some(list) => {
                     ServedCountries::parse(list).map_err(|e| LaunchError::Config(e.to_string()))?
                 }
                 None => ServedCountries::default_set(),
             },
+        })
+    }
+
+    /// Fault injection as these flags describe it.
+    pub fn faults(&self) -> Result<FaultConfig, LaunchError> {
+        let rules: Vec<Rule> = match &self.fault_rules {
+            None => Vec::new(),
+            Some(_) if !self.allow_fault_injection => {
+                return Err(LaunchError::Config(
+                    "--fault-rules needs --allow-fault-injection".to_owned(),
+                ));
+            }
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| LaunchError::Config(format!("--fault-rules: {e}")))?,
+        };
+        for (i, rule) in rules.iter().enumerate() {
+            rule.validate(&format!("--fault-rules[{i}]"))
+                .map_err(|e| LaunchError::Config(e.to_string()))?;
+        }
+        Ok(FaultConfig {
+            allowed: self.allow_fault_injection,
+            rules,
+            seed: self.fault_seed,
         })
     }
 

@@ -10,6 +10,7 @@ use checkout_fulfillment::address::ServedCountries;
 use checkout_inventory::fixture::StockFixture;
 use checkout_inventory::reaper::ReaperConfig;
 use checkout_kit::db::{Db, DbError, PoolConfig};
+use checkout_kit::fault::{FaultConfig, FaultControl};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
 use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
@@ -83,6 +84,8 @@ pub struct Settings {
     pub served_countries: ServedCountries,
     /// The orchestrator's saga settings.
     pub saga: SagaSettings,
+    /// Fault injection: allowed or not, rules from the start, seed.
+    pub faults: FaultConfig,
 }
 
 /// The orchestrator's saga settings.
@@ -208,6 +211,7 @@ pub fn build_server(
             (server, Some(engine))
         }
     };
+    let server = server.with_faults(FaultControl::new(settings.faults.clone()));
     Ok(ServerParts { server, engine })
 }
 

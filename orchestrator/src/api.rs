@@ -250,6 +250,8 @@ impl CheckoutService for CheckoutApi {
         }))
     }
 
+    type WatchCheckoutStream = WatchStream;
+
     async fn get_checkout(
         &self,
         request: Request<GetCheckoutRequest>,
@@ -270,7 +272,7 @@ impl CheckoutService for CheckoutApi {
     async fn watch_checkout(
         &self,
         request: Request<WatchCheckoutRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
+    ) -> Result<Response<Self::WatchCheckoutStream>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
         v.uuid("checkout_id", &req.checkout_id)

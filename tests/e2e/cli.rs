@@ -318,3 +318,66 @@ fn the_demo_shows_a_completed_a_declined_and_an_out_of_stock_checkout() {
         "{stdout}"
     );
 }
+
+#[test]
+fn fault_rules_need_fault_injection_allowed() {
+    let (ok, _, stderr) = run(checkout().args([
+        "serve",
+        "cart",
+        "--listen",
+        "127.0.0.1:0",
+        "--fault-rules",
+        r#"[{"rpc_pattern": "*", "probability": 1, "kind": "delay", "delay_ms": 5}]"#,
+    ]));
+    assert!(!ok);
+    assert!(
+        stderr.contains("--fault-rules needs --allow-fault-injection"),
+        "{stderr}"
+    );
+}
+
+/// A crash rule aborts the real process after the effect committed.
+#[tokio::test]
+async fn a_crash_rule_aborts_the_process_after_handling() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cart.db", dir.path().display());
+    let mut child = checkout()
+        .args(["serve", "cart", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .arg("--allow-fault-injection")
+        .args([
+            "--fault-rules",
+            r#"[{"rpc_pattern": "/checkout.cart.v1.CartService/CreateCart", "probability": 1, "kind": "crash_after"}]"#,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = format!("http://{}", line.split_whitespace().last().unwrap());
+    let mut cart = checkout_proto::cart::cart_service_client::CartServiceClient::new(
+        crate::helpers::channel(&endpoint).await,
+    );
+    let lost = cart
+        .create_cart(checkout_proto::cart::CreateCartRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            customer_id: "hank".to_owned(),
+            currency_code: "USD".to_owned(),
+        })
+        .await;
+    assert!(lost.is_err(), "the answer died with the process");
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the process aborted");
+    assert!(!status.success());
+}

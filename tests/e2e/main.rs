@@ -4,6 +4,7 @@
 mod cart;
 mod checkout;
 mod cli;
+mod faults;
 mod helpers;
 mod idempotency;
 mod inventory;

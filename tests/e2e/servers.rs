@@ -117,6 +117,7 @@ async fn every_server_lists_and_describes_its_services_by_reflection() {
         let services = list_v1(&endpoint).await;
         for expected in [
             role.grpc_service(),
+            "checkout.fault.v1.FaultService",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
@@ -127,7 +128,7 @@ async fn every_server_lists_and_describes_its_services_by_reflection() {
             );
         }
         // Only what this server serves: grpcurl must not offer RPCs that are not there.
-        assert_eq!(services.len(), 4, "{role} lists {services:?}");
+        assert_eq!(services.len(), 5, "{role} lists {services:?}");
         // Older tools use v1alpha; they must be able to fetch the descriptors too.
         let files = describe_v1alpha(&endpoint, role.grpc_service()).await;
         assert!(

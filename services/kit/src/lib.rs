@@ -4,6 +4,7 @@
 //! # Layout
 //! * [`db`]: SQLite and PostgreSQL pools picked by URL, migrations, write transactions, and the
 //!   [`on_backend!`] macro that runs one SQL body on either backend.
+//! * [`fault`]: fault rules, the tower layer applying them, and `FaultService`.
 //! * [`idempotency`]: the one idempotency layer behind every mutating RPC, with recovery
 //!   points for effects outside the database.
 //! * [`paging`]: AIP-158 page sizes and filter-bound page tokens.
@@ -16,6 +17,7 @@
 //! * [`testing`]: fresh databases on either backend for tests.
 
 pub mod db;
+pub mod fault;
 pub mod idempotency;
 pub mod paging;
 pub mod retry;

@@ -14,7 +14,11 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::fault::FaultControl;
+use crate::fault::layer::FaultLayer;
+use crate::fault::service::FaultApi;
 use crate::shutdown::Shutdown;
+use checkout_proto::fault::fault_service_server::FaultServiceServer;
 
 /// Request and connection limits every server applies.
 #[derive(Debug, Clone)]
@@ -90,6 +94,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     service_names: Vec<&'static str>,
     limits: ServerLimits,
+    faults: FaultControl,
 }
 
 impl GrpcServer {
@@ -100,7 +105,14 @@ impl GrpcServer {
             routes: Routes::builder(),
             service_names: Vec::new(),
             limits,
+            faults: FaultControl::disabled(),
         }
+    }
+
+    /// Serves with these fault rules (and FaultService answering when they allow it).
+    pub fn with_faults(mut self, faults: FaultControl) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// The limits this server applies.
@@ -130,9 +142,12 @@ impl GrpcServer {
         let Self {
             role,
             mut routes,
-            service_names,
+            mut service_names,
             limits,
+            faults,
         } = self;
+        routes.add_service(FaultApi::new(faults.clone()).server());
+        service_names.push(<FaultServiceServer<FaultApi> as NamedService>::NAME);
         let local = listener.local_addr().ok();
 
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -167,6 +182,7 @@ impl GrpcServer {
             }
         };
         let server = tonic::transport::Server::builder()
+            .layer(FaultLayer::new(faults))
             .timeout(limits.request_timeout)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
             .max_concurrent_streams(limits.max_concurrent_streams)
