@@ -45,6 +45,41 @@ pub enum Command {
     /// Start everything on a temporary SQLite directory, run three checkouts (completed,
     /// declined, out of stock) and print their timelines.
     Demo,
+    /// Run the five servers as processes, inject faults and kills while checkouts run, then
+    /// check every invariant; exit non-zero on any violation.
+    Chaos(ChaosArgs),
+}
+
+/// Flags of `chaos`.
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// Checkouts to run.
+    #[arg(long, default_value_t = 300)]
+    pub checkouts: usize,
+    /// Checkouts in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seed of the schedule (faults, kills, workload) [default: random, printed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Processes to SIGKILL and restart during the run.
+    #[arg(long, default_value_t = 6)]
+    pub kills: usize,
+    /// Make the fresh databases on this Postgres server instead of SQLite files.
+    #[arg(long, env = "CHECKOUT_CHAOS_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// Keep the SQLite files and the stock fixture here [default: a temporary directory].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Only check the invariants of the databases an earlier run left in --data-dir.
+    #[arg(long, requires = "data_dir")]
+    pub check_only: bool,
+    /// Seconds to wait for every checkout to settle after the load.
+    #[arg(long, default_value_t = 180)]
+    pub quiescence_timeout_secs: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `reconcile`.

@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use checkout::config::{Cli, Command, MigrateArgs, ReconcileArgs, ServeArgs, UpArgs, sqlite_url};
+use checkout::chaos::ChaosPlan;
+use checkout::config::{
+    ChaosArgs, Cli, Command, MigrateArgs, ReconcileArgs, ServeArgs, UpArgs, sqlite_url,
+};
 use checkout::launch::{self, RunningServer, System};
 use checkout::role::Role;
 use checkout_kit::shutdown::Shutdown;
@@ -16,7 +19,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -43,10 +46,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Reconcile(args) => reconcile(args).await,
+        Command::Chaos(args) => chaos(args).await,
         Command::Demo => {
             print!("{}", checkout::demo::run().await?);
             Ok(())
         }
+    }
+}
+
+async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
+    let report = if args.check_only {
+        let dir = args
+            .data_dir
+            .clone()
+            .context("--check-only needs --data-dir")?;
+        checkout::chaos::check_only(&dir).await?
+    } else {
+        let seed = args.seed.unwrap_or_else(rand::random);
+        let plan = ChaosPlan {
+            checkouts: args.checkouts,
+            concurrency: args.concurrency,
+            seed,
+            kills: args.kills,
+            data_dir: args.data_dir.clone(),
+            postgres_url: args.postgres_url.clone(),
+            quiescence_timeout: std::time::Duration::from_secs(args.quiescence_timeout_secs),
+            progress: !args.json,
+        };
+        checkout::chaos::run(&plan).await?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        let failed: Vec<&str> = report
+            .invariants
+            .iter()
+            .filter(|v| !v.holds)
+            .map(|v| v.name)
+            .collect();
+        anyhow::bail!("invariants violated: {}", failed.join(", "))
     }
 }
 

@@ -517,3 +517,21 @@ pub async fn list(
             .await?
     }))
 }
+
+/// Every saga (for audits).
+pub async fn audit_sagas(tx: &mut Tx) -> Result<Vec<SagaRow>, DbError> {
+    let sql = format!("SELECT {SAGA_COLUMNS} FROM sagas ORDER BY saga_id");
+    Ok(on_backend!(tx, conn => sqlx::query_as(&sql).fetch_all(&mut *conn).await?))
+}
+
+/// Attempts by direction and outcome, across all sagas (for reports).
+pub async fn audit_attempt_counts(tx: &mut Tx) -> Result<Vec<(String, String, i64)>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT direction, outcome, count(*) FROM saga_attempts \
+             GROUP BY direction, outcome ORDER BY direction, outcome",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}

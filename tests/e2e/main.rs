@@ -2,6 +2,7 @@
 //! `CHECKOUT_TEST_BACKEND` picks (SQLite by default, `postgres` for the Postgres leg).
 
 mod cart;
+mod chaos;
 mod checkout;
 mod cli;
 mod faults;

@@ -354,3 +354,9 @@ pub async fn checkout(tx: &mut Tx, checkout_id: &str) -> Result<Option<CheckoutR
             .await?
     }))
 }
+
+/// Every cart's state and checkout (for audits: the chaos runner's invariant checks).
+pub async fn audit_carts(tx: &mut Tx) -> Result<Vec<CartRow>, DbError> {
+    let sql = format!("SELECT {CART_COLUMNS} FROM carts ORDER BY cart_id");
+    Ok(on_backend!(tx, conn => sqlx::query_as(&sql).fetch_all(&mut *conn).await?))
+}

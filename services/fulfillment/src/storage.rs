@@ -255,3 +255,10 @@ pub async fn events(tx: &mut Tx, shipment_id: &str) -> Result<Vec<EventRow>, DbE
         .await?
     }))
 }
+
+/// Every shipment (for audits).
+pub async fn audit_shipments(tx: &mut Tx) -> Result<Vec<ShipmentRow>, DbError> {
+    let sql =
+        format!("SELECT {SHIPMENT_COLUMNS} FROM shipments ORDER BY checkout_id, warehouse_id");
+    Ok(on_backend!(tx, conn => sqlx::query_as(&sql).fetch_all(&mut *conn).await?))
+}

@@ -480,3 +480,43 @@ pub async fn due_reservations(tx: &mut Tx, now: i64, limit: i64) -> Result<Vec<S
         .await?
     }))
 }
+
+/// Every stock row (for audits).
+pub async fn audit_stock(tx: &mut Tx) -> Result<Vec<StockRow>, DbError> {
+    let sql = format!(
+        "SELECT {STOCK_COLUMNS} FROM stock s JOIN warehouses w ON w.warehouse_id = s.warehouse_id \
+         ORDER BY s.sku, s.warehouse_id"
+    );
+    Ok(on_backend!(tx, conn => sqlx::query_as(&sql).fetch_all(&mut *conn).await?))
+}
+
+/// Every reservation (for audits).
+pub async fn audit_reservations(tx: &mut Tx) -> Result<Vec<ReservationRow>, DbError> {
+    let sql = format!("SELECT {RESERVATION_COLUMNS} FROM reservations ORDER BY reservation_id");
+    Ok(on_backend!(tx, conn => sqlx::query_as(&sql).fetch_all(&mut *conn).await?))
+}
+
+/// An allocation with its reservation (for audits).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditAllocation {
+    /// Reservation.
+    pub reservation_id: String,
+    /// Stock keeping unit.
+    pub sku: String,
+    /// Warehouse.
+    pub warehouse_id: String,
+    /// Units.
+    pub quantity: i64,
+}
+
+/// Every allocation of every reservation (for audits).
+pub async fn audit_allocations(tx: &mut Tx) -> Result<Vec<AuditAllocation>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT reservation_id, sku, warehouse_id, quantity FROM reservation_allocations \
+             ORDER BY reservation_id, sku, warehouse_id",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+    }))
+}

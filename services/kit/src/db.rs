@@ -376,6 +376,18 @@ macro_rules! on_backend {
     };
 }
 
+/// Drops a Postgres database (and its connections), connecting through `server_url`.
+pub async fn drop_postgres_database(server_url: &str, name: &str) -> Result<(), DbError> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(server_url).await?;
+    let sql = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "")
+    );
+    sqlx::query(&sql).execute(&mut conn).await?;
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch: the one timestamp representation in every table.
 pub fn now_millis() -> i64 {
     let now = std::time::SystemTime::now()

@@ -5,8 +5,6 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and dropped afterwards. There is no silent
 //! fallback: a Postgres run against an unreachable server fails.
 
-use sqlx::Connection;
-
 use crate::db::{Backend, Db, DbError, Migrations, PoolConfig};
 
 /// The environment variable choosing the test backend.
@@ -92,11 +90,7 @@ impl Drop for TestDatabase {
                 .enable_all()
                 .build()
                 .expect("runtime for dropping a test database");
-            runtime.block_on(async move {
-                let mut conn = sqlx::PgConnection::connect(&server).await?;
-                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                sqlx::query(&sql).execute(&mut conn).await.map(|_| ())
-            })
+            runtime.block_on(crate::db::drop_postgres_database(&server, &name))
         })
         .join();
         if let Ok(Err(e)) = dropped {
