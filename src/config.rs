@@ -28,6 +28,36 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as text (for people) or JSON (one object per line). Traces and metrics go to
+    /// OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[arg(
+        long,
+        global = true,
+        env = "CHECKOUT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormatArg,
+}
+
+/// The log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// For people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// The telemetry service name of this process: `checkout-<role>` for one server,
+    /// `checkout` otherwise.
+    pub fn service_name(&self) -> String {
+        match &self.command {
+            Command::Serve(args) => format!("checkout-{}", args.role.name()),
+            _ => "checkout".to_owned(),
+        }
+    }
 }
 
 /// The subcommands.

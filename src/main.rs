@@ -5,25 +5,19 @@ use std::process::ExitCode;
 use anyhow::Context;
 use checkout::chaos::ChaosPlan;
 use checkout::config::{
-    ChaosArgs, Cli, Command, MigrateArgs, ReconcileArgs, ServeArgs, UpArgs, sqlite_url,
+    ChaosArgs, Cli, Command, LogFormatArg, MigrateArgs, ReconcileArgs, ServeArgs, UpArgs,
+    sqlite_url,
 };
 use checkout::launch::{self, RunningServer, System};
 use checkout::role::Role;
 use checkout_kit::shutdown::Shutdown;
+use checkout_kit::telemetry::LogFormat;
 use checkout_orchestrator::clients::ServiceEndpoints;
 use checkout_payment::processor::SimulatedProcessor;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -41,6 +35,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let format = match cli.log_format {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    };
+    // Dropped last, after every server drained: it flushes the exporters.
+    let _telemetry = checkout_kit::telemetry::init(&cli.service_name(), format)?;
     match cli.command {
         Command::Up(args) => up(args).await,
         Command::Serve(args) => serve(args).await,

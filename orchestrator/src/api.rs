@@ -210,7 +210,8 @@ impl CheckoutService for CheckoutApi {
                 lease_expires_at: now
                     .saturating_add(i64::try_from(lease_ttl.as_millis()).unwrap_or(i64::MAX)),
                 version: 1,
-                trace_context: String::new(),
+                // The request's trace context: the saga's spans, even after a restart, join it.
+                trace_context: checkout_kit::telemetry::current_traceparent(),
                 created_at: now,
                 updated_at: now,
             };
@@ -218,6 +219,7 @@ impl CheckoutService for CheckoutApi {
             store::insert_saga(tx, &saga, &names)
                 .await
                 .map_err(db_status)?;
+            crate::metrics::metrics().started.add(1, &[]);
             store::append_event(
                 tx,
                 &saga.saga_id,

@@ -1,10 +1,15 @@
 //! gRPC clients of the services the saga drives.
 
+use checkout_kit::telemetry::PropagateTrace;
 use checkout_proto::cart::cart_service_client::CartServiceClient;
 use checkout_proto::fulfillment::fulfillment_service_client::FulfillmentServiceClient;
 use checkout_proto::inventory::inventory_service_client::InventoryServiceClient;
 use checkout_proto::payment::payment_service_client::PaymentServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// A channel whose calls carry the caller's trace context.
+pub type TracedChannel = InterceptedService<Channel, PropagateTrace>;
 
 /// Where the four services listen (`http://host:port`).
 #[derive(Debug, Clone)]
@@ -34,26 +39,35 @@ pub struct EndpointError {
 #[derive(Debug, Clone)]
 pub struct ServiceClients {
     /// CartService client.
-    pub cart: CartServiceClient<Channel>,
+    pub cart: CartServiceClient<TracedChannel>,
     /// InventoryService client.
-    pub inventory: InventoryServiceClient<Channel>,
+    pub inventory: InventoryServiceClient<TracedChannel>,
     /// PaymentService client.
-    pub payment: PaymentServiceClient<Channel>,
+    pub payment: PaymentServiceClient<TracedChannel>,
     /// FulfillmentService client.
-    pub fulfillment: FulfillmentServiceClient<Channel>,
+    pub fulfillment: FulfillmentServiceClient<TracedChannel>,
 }
 
 impl ServiceClients {
     /// Lazily connecting clients for the given endpoints.
     pub fn connect_lazy(endpoints: &ServiceEndpoints) -> Result<Self, EndpointError> {
         Ok(Self {
-            cart: CartServiceClient::new(channel("cart", &endpoints.cart)?),
-            inventory: InventoryServiceClient::new(channel("inventory", &endpoints.inventory)?),
-            payment: PaymentServiceClient::new(channel("payment", &endpoints.payment)?),
-            fulfillment: FulfillmentServiceClient::new(channel(
-                "fulfillment",
-                &endpoints.fulfillment,
-            )?),
+            cart: CartServiceClient::with_interceptor(
+                channel("cart", &endpoints.cart)?,
+                PropagateTrace,
+            ),
+            inventory: InventoryServiceClient::with_interceptor(
+                channel("inventory", &endpoints.inventory)?,
+                PropagateTrace,
+            ),
+            payment: PaymentServiceClient::with_interceptor(
+                channel("payment", &endpoints.payment)?,
+                PropagateTrace,
+            ),
+            fulfillment: FulfillmentServiceClient::with_interceptor(
+                channel("fulfillment", &endpoints.fulfillment)?,
+                PropagateTrace,
+            ),
         })
     }
 }

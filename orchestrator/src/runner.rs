@@ -15,12 +15,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, broadcast};
 use tonic::Status;
 
+use crate::metrics::{attr, metrics};
 use crate::saga::definition::SagaDef;
 use crate::saga::machine::{
     self, Decision, Direction, Failure, SagaState, SagaStatus, StepState, StepStatus, Transition,
 };
 use crate::saga::outcome::{Outcome, classify};
 use crate::store::{self, AttemptRow, SagaRow, StepRow};
+use checkout_kit::telemetry;
+use tracing::Instrument;
 
 /// One command the engine asks a saga's executor to send.
 #[derive(Debug)]
@@ -152,6 +155,14 @@ impl std::fmt::Debug for Engine {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+fn finished(saga: &SagaRow, now: i64) {
+    let outcome = [attr("outcome", saga.status.clone())];
+    metrics().finished.add(1, &outcome);
+    #[allow(clippy::cast_precision_loss)]
+    let took = (now - saga.created_at).max(0) as f64;
+    metrics().saga_duration.record(took, &outcome);
 }
 
 fn millis(d: Duration) -> i64 {
@@ -366,7 +377,19 @@ impl Engine {
         if !claimed {
             return Ok(());
         }
-        let result = self.drive_owned(saga_id, &owner).await;
+        let span =
+            tracing::info_span!("saga.drive", otel.name = "saga checkout", saga_id = %saga_id);
+        let stored = {
+            let mut tx = self.db.begin_read().await?;
+            let saga = store::saga(&mut tx, saga_id).await?;
+            tx.rollback().await?;
+            saga.map(|s| s.trace_context).unwrap_or_default()
+        };
+        if !stored.is_empty() {
+            // A saga resumed after a restart continues the trace of the request that started it.
+            telemetry::adopt(&span, telemetry::context_of(&stored));
+        }
+        let result = self.drive_owned(saga_id, &owner).instrument(span).await;
         let mut tx = self.db.begin().await?;
         store::release(&mut tx, saga_id, &owner).await?;
         tx.commit().await?;
@@ -388,21 +411,19 @@ impl Engine {
                 Decision::Idle => return Ok(()),
                 Decision::Complete => {
                     saga.status = SagaStatus::Completed.as_str().to_owned();
-                    self.save(
-                        &saga,
-                        &state,
-                        owner,
-                        None,
-                        ("completed", "", "the order is reserved, paid and shippable"),
-                    )
-                    .await?;
+                    let event = ("completed", "", "the order is reserved, paid and shippable");
+                    if self.save(&saga, &state, owner, None, event).await? {
+                        finished(&saga, now);
+                    }
                     return Ok(());
                 }
                 Decision::FinishCompensation => {
                     saga.status = SagaStatus::Compensated.as_str().to_owned();
                     let message = format!("every step was undone ({})", saga.failure_reason);
-                    self.save(&saga, &state, owner, None, ("compensated", "", &message))
-                        .await?;
+                    let event = ("compensated", "", message.as_str());
+                    if self.save(&saga, &state, owner, None, event).await? {
+                        finished(&saga, now);
+                    }
                     return Ok(());
                 }
                 Decision::Compensate(failure) => {
@@ -569,6 +590,16 @@ impl Engine {
             .map_err(|e| EngineError::Corrupt(saga.saga_id.clone(), e.to_string()))?;
         let mut outputs: serde_json::Map<String, Value> = serde_json::from_str(&saga.outputs)
             .map_err(|e| EngineError::Corrupt(saga.saga_id.clone(), e.to_string()))?;
+        let span = tracing::info_span!(
+            "saga.step",
+            otel.name = %label,
+            otel.kind = "client",
+            saga_id = %saga.saga_id,
+            step = def.name,
+            direction = direction.as_str(),
+            attempt = number,
+        );
+        let sent = std::time::Instant::now();
         let result = self
             .executor
             .execute(StepCall {
@@ -580,10 +611,20 @@ impl Engine {
                 outputs: &outputs,
                 timeout: def.timeout,
             })
+            .instrument(span)
             .await;
+        let took = sent.elapsed().as_secs_f64() * 1000.0;
         self.config.crash_points.hit("after_send", def.name);
 
         let (outcome, reason, message, code) = describe(&result);
+        metrics().step_duration.record(
+            took,
+            &[
+                attr("step", def.name),
+                attr("direction", direction.as_str()),
+                attr("outcome", outcome.as_str()),
+            ],
+        );
         if let (Ok(output), Direction::Forward) = (&result, direction) {
             outputs.insert(def.name.to_owned(), output.clone());
             saga.outputs = Value::Object(outputs).to_string();
@@ -616,6 +657,7 @@ impl Engine {
                 )
             }
             (Transition::Park(failure), _, _) => {
+                metrics().parked.add(1, &[attr("step", def.name)]);
                 saga.status = SagaStatus::NeedsAttention.as_str().to_owned();
                 saga.failure_reason = failure.reason.clone();
                 saga.failure_message = failure.message.clone();

@@ -12,3 +12,4 @@ mod inventory;
 mod migrations;
 mod recovery;
 mod servers;
+mod telemetry;

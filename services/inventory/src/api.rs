@@ -54,6 +54,31 @@ pub struct ReserveStats {
     pub exhausted: AtomicU64,
 }
 
+/// ReserveStock's exported instruments.
+struct ReserveMetrics {
+    attempts: opentelemetry::metrics::Counter<u64>,
+    conflicts: opentelemetry::metrics::Counter<u64>,
+}
+
+fn reserve_metrics() -> &'static ReserveMetrics {
+    static METRICS: std::sync::OnceLock<ReserveMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let m = checkout_kit::telemetry::meter();
+        let metrics = ReserveMetrics {
+            attempts: m
+                .u64_counter("inventory.reserve.attempts")
+                .with_description("reservation attempts, retries included")
+                .build(),
+            conflicts: m
+                .u64_counter("inventory.reserve.conflicts")
+                .with_description("optimistic-lock conflicts that forced a retry")
+                .build(),
+        };
+        metrics.conflicts.add(0, &[]);
+        metrics
+    })
+}
+
 /// Handlers of `InventoryService`.
 #[derive(Debug, Clone)]
 pub struct InventoryServiceApi {
@@ -279,6 +304,7 @@ impl InventoryService for InventoryServiceApi {
         let mut attempt = 1;
         loop {
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            reserve_metrics().attempts.add(1, &[]);
             let mut conflicted = false;
             let result = idempotent!(self.idempotency, key.clone(), |tx| {
                 match reservations::reserve(tx, &req.checkout_id, &lines, ttl).await {
@@ -293,6 +319,7 @@ impl InventoryService for InventoryServiceApi {
             });
             if conflicted {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                reserve_metrics().conflicts.add(1, &[]);
                 if self.retry.allows_another(attempt) {
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                     attempt += 1;

@@ -13,6 +13,7 @@
 //!   graceful shutdown.
 //! * [`status`]: `tonic::Status` with `google.rpc` `ErrorInfo` and `BadRequest` details.
 //! * [`validate`]: field-level request checks collected into one `INVALID_ARGUMENT`.
+//! * [`telemetry`]: logs, OTLP traces and metrics, W3C trace context on every hop.
 //! * [`shutdown`]: the SIGTERM / Ctrl-C signal shared by the servers of one process.
 //! * [`testing`]: fresh databases on either backend for tests.
 
@@ -24,6 +25,7 @@ pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod status;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

@@ -182,6 +182,7 @@ impl GrpcServer {
             }
         };
         let server = tonic::transport::Server::builder()
+            .trace_fn(move |request| request_span(role, request))
             .layer(FaultLayer::new(faults))
             .timeout(limits.request_timeout)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
@@ -225,6 +226,27 @@ fn reflection_builder(served: &[&'static str]) -> tonic_reflection::server::Buil
             ),
         |builder, name| builder.with_service_name(*name),
     )
+}
+
+/// The span of one served RPC, a child of the caller's trace context when it sent one. Only the
+/// method and role are recorded: never a request's content.
+fn request_span(role: &'static str, request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %path,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        server.role = role,
+    );
+    crate::telemetry::adopt(&span, crate::telemetry::extract(request.headers()));
+    span
 }
 
 /// Formats a bound address as the `http://` endpoint clients dial.

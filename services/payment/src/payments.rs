@@ -69,6 +69,32 @@ pub fn to_proto(row: &PaymentRow) -> Payment {
     }
 }
 
+/// Counts a processor call by operation and result.
+fn count_call<T>(operation: &'static str, outcome: &Result<T, ProcessorError>) {
+    static CALLS: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    let calls = CALLS.get_or_init(|| {
+        checkout_kit::telemetry::meter()
+            .u64_counter("payment.processor.calls")
+            .with_description("processor calls by operation and result")
+            .build()
+    });
+    let result = match outcome {
+        Ok(_) => "approved",
+        Err(ProcessorError::Declined(_)) => "declined",
+        Err(ProcessorError::Timeout) => "timeout",
+        Err(ProcessorError::ResponseLost) => "response_lost",
+        Err(ProcessorError::Unavailable(_)) => "unavailable",
+    };
+    calls.add(
+        1,
+        &[
+            opentelemetry::KeyValue::new("operation", operation),
+            opentelemetry::KeyValue::new("result", result),
+        ],
+    );
+}
+
 fn processor_failure(e: ProcessorError) -> PaymentError {
     match e {
         ProcessorError::Declined(code) => PaymentError::Declined(code),
@@ -251,6 +277,7 @@ impl Payments {
                 &row.currency_code,
             )
             .await;
+        count_call("authorize", &outcome);
         self.settle(exec, async |tx: &mut Tx| {
             let now = now_millis();
             let pending = State::Pending.as_str();
@@ -360,6 +387,7 @@ impl Payments {
             .processor
             .capture(&capture_key, &row.processor_key, row.capture_request_minor)
             .await;
+        count_call("capture", &outcome);
         self.settle(exec, async |tx: &mut Tx| {
             let now = now_millis();
             let capturing = State::Capturing.as_str();
@@ -476,6 +504,7 @@ impl Payments {
             Next::Call(exec, row) => (exec, *row),
         };
         let outcome = self.processor.void(&row.processor_key).await;
+        count_call("void", &outcome);
         self.settle(exec, async |tx: &mut Tx| {
             match outcome {
                 Ok(()) => {
@@ -558,6 +587,7 @@ impl Payments {
             .processor
             .refund(&refund_key, &row.processor_key, amount.amount_minor)
             .await;
+        count_call("refund", &outcome);
         self.settle(exec, async |tx: &mut Tx| {
             let row = reload(tx, &row.payment_id).await?;
             let from = state_of(&row);

@@ -342,9 +342,25 @@ macro_rules! idempotent {
     };
 }
 
+fn replays() -> &'static opentelemetry::metrics::Counter<u64> {
+    static REPLAYS: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    REPLAYS.get_or_init(|| {
+        let counter = crate::telemetry::meter()
+            .u64_counter("idempotency.replays")
+            .with_description("requests answered from a stored answer")
+            .build();
+        counter.add(0, &[]);
+        counter
+    })
+}
+
 fn settle<T: Message + Default>(key: &Key, found: Found) -> Result<Result<T, Status>, Status> {
     match found {
-        Found::Done(answer) => answer.replay(),
+        Found::Done(answer) => {
+            replays().add(1, &[opentelemetry::KeyValue::new("scope", key.scope())]);
+            answer.replay()
+        }
         Found::Reused => Err(Rejection::new(
             Code::InvalidArgument,
             KEY_REUSED,
