@@ -1,5 +1,6 @@
 //! How a stored saga reads as a `Checkout`.
 
+use checkout_kit::db::timestamp;
 use checkout_proto::checkout::{
     AttemptOutcome, Checkout, CheckoutEvent, CheckoutStatus, Failure, OrderSummary, Step,
     StepAttempt, StepDirection, StepStatus as ProtoStepStatus,
@@ -10,13 +11,6 @@ use serde_json::Value;
 use crate::saga::definition::SagaDef;
 use crate::saga::machine::{SagaStatus, StepStatus};
 use crate::store::{AttemptRow, EventRow, SagaRow, StepRow};
-
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
 
 /// The client-facing status of a stored saga status.
 pub fn status(saga: &SagaRow) -> CheckoutStatus {

@@ -1,5 +1,6 @@
 //! Cart use cases: each runs inside one transaction and returns the proto the RPC answers with.
 
+use checkout_kit::db::timestamp;
 use checkout_kit::db::{Tx, now_millis};
 use checkout_kit::status::Rejection;
 use checkout_proto::cart::{Cart, CartLine, CartSnapshot, CartState};
@@ -43,13 +44,6 @@ fn money(amount_minor: i64, currency: &str) -> Money {
     Money {
         amount_minor,
         currency_code: currency.to_owned(),
-    }
-}
-
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
 

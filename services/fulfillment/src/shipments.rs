@@ -1,5 +1,6 @@
 //! Shipment use cases: create one shipment per warehouse, cancel, advance, read.
 
+use checkout_kit::db::timestamp;
 use std::collections::BTreeMap;
 
 use checkout_kit::db::{Tx, now_millis};
@@ -46,13 +47,6 @@ fn next_of(status: &str) -> Option<&'static str> {
         PACKED => Some(SHIPPED),
         SHIPPED => Some(DELIVERED),
         _ => None,
-    }
-}
-
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Reservation use cases: reserve (optimistic, all lines or none), commit, release, expire.
 
+use checkout_kit::db::timestamp;
 use std::collections::HashMap;
 
 use checkout_kit::db::{Tx, now_millis};
@@ -32,13 +33,6 @@ fn state_of(state: &str) -> ReservationState {
         EXPIRED => ReservationState::Expired,
         TOMBSTONE => ReservationState::Tombstone,
         _ => ReservationState::Unspecified,
-    }
-}
-
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
 

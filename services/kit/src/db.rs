@@ -388,6 +388,14 @@ pub async fn drop_postgres_database(server_url: &str, name: &str) -> Result<(), 
     Ok(())
 }
 
+/// A stored epoch-millisecond time as a protobuf `Timestamp`.
+pub fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
 /// Milliseconds since the Unix epoch: the one timestamp representation in every table.
 pub fn now_millis() -> i64 {
     let now = std::time::SystemTime::now()

@@ -136,10 +136,7 @@ fn entry(e: EntryRow) -> LedgerEntry {
             currency_code: e.currency_code,
         }),
         description: e.description,
-        create_time: Some(prost_types::Timestamp {
-            seconds: e.created_at.div_euclid(1000),
-            nanos: i32::try_from(e.created_at.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-        }),
+        create_time: Some(checkout_kit::db::timestamp(e.created_at)),
     }
 }
 

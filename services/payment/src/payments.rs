@@ -4,6 +4,7 @@
 //! between resumes at the recovery point with the same processor-side key, so nothing is
 //! charged twice.
 
+use checkout_kit::db::timestamp;
 use std::sync::Arc;
 
 use checkout_kit::db::{Db, Tx, now_millis};
@@ -33,13 +34,6 @@ pub enum Target {
 
 /// Recovery point: the intent is recorded, the processor may have been called.
 const REQUESTED: &str = "processor_requested";
-
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
 
 fn state_of(row: &PaymentRow) -> State {
     State::parse(&row.state).unwrap_or(State::Failed)
