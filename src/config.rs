@@ -78,6 +78,29 @@ pub enum Command {
     /// Run the five servers as processes, inject faults and kills while checkouts run, then
     /// check every invariant; exit non-zero on any violation.
     Chaos(ChaosArgs),
+    /// Measure checkouts per second, latency percentiles, durable commits and CPU per checkout
+    /// on a system started in this process.
+    Bench(BenchArgs),
+}
+
+/// Flags of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Measured checkouts.
+    #[arg(long, default_value_t = 2000)]
+    pub checkouts: usize,
+    /// Checkouts run first and not measured.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    /// Checkouts in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Fresh databases on this Postgres server instead of SQLite files.
+    #[arg(long, env = "CHECKOUT_BENCH_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `chaos`.

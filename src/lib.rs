@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! * [`role`]: the five servers and what each owns (migrations, default port).
+//! * [`bench`]: checkouts per second, latency percentiles, commits and CPU per checkout.
 //! * [`chaos`]: the failure-injection runner and its invariant checks.
 //! * [`config`]: command-line flags, each with a `CHECKOUT_*` environment variable.
 //! * [`demo`]: three checkouts on a temporary system, with their timelines.
 //! * [`launch`]: opening databases, binding listeners and running servers, for `up`, `serve` and
 //!   `migrate`, and for tests that start real servers on port 0.
 
+pub mod bench;
 pub mod chaos;
 pub mod config;
 pub mod demo;

@@ -47,6 +47,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::Reconcile(args) => reconcile(args).await,
         Command::Chaos(args) => chaos(args).await,
+        Command::Bench(args) => {
+            let plan = checkout::bench::BenchPlan {
+                checkouts: args.checkouts,
+                warmup: args.warmup,
+                concurrency: args.concurrency,
+                postgres_url: args.postgres_url.clone(),
+                progress: !args.json,
+            };
+            let report = checkout::bench::run(&plan).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
         Command::Demo => {
             print!("{}", checkout::demo::run().await?);
             Ok(())

@@ -100,32 +100,46 @@ impl CheckoutApi {
         result
     }
 
-    /// Waits until the checkout is terminal or parked, or `wait` passes; then its state.
+    /// Waits until the checkout is terminal or parked, or `wait` passes; then its state. Only
+    /// the saga's status is read while waiting; the full view once, at the end.
     async fn await_outcome(&self, checkout_id: &str, wait: Duration) -> Result<Checkout, Status> {
         let mut changes = self.engine.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let checkout = self.current(checkout_id, None).await?;
-            let settled = matches!(
-                checkout.status(),
-                CheckoutStatus::Completed
-                    | CheckoutStatus::Compensated
-                    | CheckoutStatus::NeedsAttention
-            );
-            if settled || tokio::time::Instant::now() >= deadline {
-                return Ok(checkout);
+        while tokio::time::Instant::now() < deadline {
+            let mut tx = self.db.begin_read().await.map_err(db_status)?;
+            let saga = store::saga(&mut tx, checkout_id).await.map_err(db_status)?;
+            tx.rollback().await.map_err(db_status)?;
+            let settled = saga.as_ref().is_none_or(|s| {
+                matches!(
+                    SagaStatus::parse(&s.status),
+                    Some(
+                        SagaStatus::Completed
+                            | SagaStatus::Compensated
+                            | SagaStatus::NeedsAttention
+                    )
+                )
+            });
+            if settled {
+                break;
             }
             // Woken by this replica's engine, or by the poll for other replicas.
             let _ =
                 tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + POLL), async {
-                    while let Ok(id) = changes.recv().await {
-                        if id == checkout_id {
-                            return;
+                    loop {
+                        match changes.recv().await {
+                            Ok(id) if id == checkout_id => return,
+                            Ok(_) => {}
+                            // Lagged behind other sagas' news: look again.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await;
+                            }
                         }
                     }
                 })
                 .await;
         }
+        self.current(checkout_id, None).await
     }
 }
 

@@ -471,7 +471,8 @@ impl Engine {
         saga.failure_step = failure.step.clone();
     }
 
-    /// Writes the saga row (fenced) and its steps and one event; false when fenced off.
+    /// Writes the saga row (fenced), the attempt and its step, and one event; false when
+    /// fenced off.
     async fn save(
         &self,
         saga: &SagaRow,
@@ -492,13 +493,11 @@ impl Engine {
             tx.rollback().await?;
             return Ok(false);
         }
-        for (i, step) in state.steps.iter().enumerate() {
-            store::save_step(
-                &mut tx,
-                &saga.saga_id,
-                &step_row(i, self.def.steps[i].name, step),
-            )
-            .await?;
+        // Only an attempt changes a step: the one it belongs to.
+        if let Some((a, _)) = attempt {
+            let i = index(a.step_index);
+            let row = step_row(i, self.def.steps[i].name, &state.steps[i]);
+            store::save_step(&mut tx, &saga.saga_id, &row).await?;
         }
         match attempt {
             Some((a, true)) => store::insert_attempt(&mut tx, &saga.saga_id, a).await?,

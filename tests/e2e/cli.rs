@@ -381,3 +381,30 @@ async fn a_crash_rule_aborts_the_process_after_handling() {
     .expect("the process aborted");
     assert!(!status.success());
 }
+
+#[test]
+fn bench_reports_throughput_latency_commits_and_outcomes() {
+    let (ok, stdout, stderr) = run(checkout().args([
+        "bench",
+        "--checkouts",
+        "20",
+        "--warmup",
+        "2",
+        "--concurrency",
+        "4",
+        "--json",
+    ]));
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcomes"]["COMPLETED"], 20, "{report}");
+    assert!(report["checkouts_per_second"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["latency"]["p99_ms"].as_f64().unwrap()
+            >= report["latency"]["p50_ms"].as_f64().unwrap()
+    );
+    assert!(
+        report["commits_per_checkout"].as_f64().unwrap() >= 7.0,
+        "at least one commit per step"
+    );
+    assert!(report["step_mean_ms"]["capture_payment"].as_f64().is_some());
+}

@@ -328,8 +328,17 @@ impl Tx {
     /// Makes the transaction's changes durable.
     pub async fn commit(self) -> Result<(), DbError> {
         match self {
-            Self::Sqlite(tx, _turn) => tx.commit().await?,
-            Self::Postgres(tx) => tx.commit().await?,
+            // Only write transactions hold a turn at the gate; read ones commit nothing durable.
+            Self::Sqlite(tx, turn) => {
+                tx.commit().await?;
+                if turn.is_some() {
+                    WRITE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Self::Postgres(tx) => {
+                tx.commit().await?;
+                WRITE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -386,6 +395,27 @@ pub async fn drop_postgres_database(server_url: &str, name: &str) -> Result<(), 
     );
     sqlx::query(&sql).execute(&mut conn).await?;
     Ok(())
+}
+
+static WRITE_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Transactions this process committed through [`Tx::commit`] (for benchmarks: durable commits
+/// per operation).
+pub fn commits_so_far() -> u64 {
+    WRITE_COMMITS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Transactions the Postgres server committed in this pool's database (`pg_stat_database`);
+/// `None` on SQLite.
+pub async fn server_commits(db: &Db) -> Result<Option<i64>, DbError> {
+    match db {
+        Db::Sqlite(..) => Ok(None),
+        Db::Postgres(pool) => Ok(sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_optional(pool)
+        .await?),
+    }
 }
 
 /// A stored epoch-millisecond time as a protobuf `Timestamp`.
