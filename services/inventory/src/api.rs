@@ -13,7 +13,7 @@ use checkout_kit::idempotent;
 use checkout_kit::retry::RetryPolicy;
 use checkout_kit::server::{GrpcServer, ServerLimits};
 use checkout_kit::status::{self, Rejection};
-use checkout_kit::validate::Violations;
+use checkout_kit::validate::{OneOf, Violations, one_of_ids};
 use checkout_proto::inventory::inventory_service_server::{
     InventoryService, InventoryServiceServer,
 };
@@ -135,23 +135,18 @@ impl InventoryServiceApi {
 
 fn target_from(
     v: &mut Violations,
-    reservation_id: Option<&str>,
-    checkout_id: Option<&str>,
+    reservation_id: Option<&String>,
+    checkout_id: Option<&String>,
 ) -> Option<Target> {
-    match (reservation_id, checkout_id) {
-        (Some(id), _) => {
-            v.uuid("reservation_id", id);
-            Some(Target::Reservation(id.to_owned()))
-        }
-        (None, Some(id)) => {
-            v.uuid("checkout_id", id);
-            Some(Target::Checkout(id.to_owned()))
-        }
-        (None, None) => {
-            v.add("target", "required: reservation_id or checkout_id");
-            None
-        }
-    }
+    one_of_ids(
+        v,
+        ("reservation_id", reservation_id),
+        ("checkout_id", checkout_id),
+    )
+    .map(|t| match t {
+        OneOf::First(id) => Target::Reservation(id),
+        OneOf::Second(id) => Target::Checkout(id),
+    })
 }
 
 fn ttl_millis(ttl: Option<&prost_types::Duration>) -> Result<i64, Rejection> {

@@ -94,6 +94,38 @@ impl Violations {
     }
 }
 
+/// Which of a oneof's two UUID fields a request set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneOf {
+    /// The first field (the resource's own id).
+    First(String),
+    /// The second field (the checkout id).
+    Second(String),
+}
+
+/// Checks a oneof of two UUID fields (`reservation_id` or `checkout_id`, say): the set one must
+/// be a UUID, and one must be set.
+pub fn one_of_ids(
+    v: &mut Violations,
+    first: (&str, Option<&String>),
+    second: (&str, Option<&String>),
+) -> Option<OneOf> {
+    match (first.1, second.1) {
+        (Some(id), _) => {
+            v.uuid(first.0, id);
+            Some(OneOf::First(id.clone()))
+        }
+        (None, Some(id)) => {
+            v.uuid(second.0, id);
+            Some(OneOf::Second(id.clone()))
+        }
+        (None, None) => {
+            v.add("target", &format!("required: {} or {}", first.0, second.0));
+            None
+        }
+    }
+}
+
 /// Longest sku.
 pub const MAX_SKU_LEN: usize = 64;
 

@@ -8,7 +8,7 @@ use checkout_kit::idempotency::{Idempotency, Key};
 use checkout_kit::paging;
 use checkout_kit::server::{GrpcServer, ServerLimits};
 use checkout_kit::status;
-use checkout_kit::validate::Violations;
+use checkout_kit::validate::{OneOf, Violations, one_of_ids};
 use checkout_proto::common::Money;
 use checkout_proto::payment::payment_service_server::{PaymentService, PaymentServiceServer};
 use checkout_proto::payment::*;
@@ -73,20 +73,10 @@ fn target(
     payment_id: Option<&String>,
     checkout_id: Option<&String>,
 ) -> Option<Target> {
-    match (payment_id, checkout_id) {
-        (Some(id), _) => {
-            v.uuid("payment_id", id);
-            Some(Target::Payment(id.clone()))
-        }
-        (None, Some(id)) => {
-            v.uuid("checkout_id", id);
-            Some(Target::Checkout(id.clone()))
-        }
-        (None, None) => {
-            v.add("target", "required: payment_id or checkout_id");
-            None
-        }
-    }
+    one_of_ids(v, ("payment_id", payment_id), ("checkout_id", checkout_id)).map(|t| match t {
+        OneOf::First(id) => Target::Payment(id),
+        OneOf::Second(id) => Target::Checkout(id),
+    })
 }
 
 macro_rules! target_of {
