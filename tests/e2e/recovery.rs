@@ -9,8 +9,8 @@ use std::time::Duration;
 use checkout::role::Role;
 use checkout_kit::db::{Backend, Db, PoolConfig};
 use checkout_kit::testing::{self, TestDatabase};
-use checkout_proto::checkout::CheckoutStatus;
 use checkout_proto::checkout::checkout_service_client::CheckoutServiceClient;
+use checkout_proto::checkout::{CheckoutStatus, ListCheckoutsRequest, StartCheckoutRequest};
 use checkout_proto::fulfillment::GetShipmentsRequest;
 use checkout_proto::inventory::{GetReservationRequest, ReservationState, get_reservation_request};
 use checkout_proto::payment::PaymentState;
@@ -139,9 +139,21 @@ async fn crash_and_recover(point: &str, step: &str) {
         &format!("{point}:{step}"),
     );
     c.checkout = CheckoutServiceClient::new(channel(&doomed.endpoint).await);
-    let accepted = c
-        .start(&cart, "erin", "tok_visa", "US", Duration::ZERO)
-        .await;
+    // The crash may come before StartCheckout's answer leaves: then the answer is lost and the
+    // checkout is found again through the restarted orchestrator.
+    let answered = c
+        .checkout
+        .start_checkout(StartCheckoutRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            cart_id: cart.clone(),
+            customer_id: "erin".to_owned(),
+            payment_token: "tok_visa".to_owned(),
+            shipping_address: Some(crate::checkout::address("US")),
+            wait_for_outcome: None,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().checkout);
     assert!(
         doomed.exited(Duration::from_secs(15)).await,
         "{point}:{step} was never reached"
@@ -149,6 +161,21 @@ async fn crash_and_recover(point: &str, step: &str) {
 
     let survivor = Orchestrator::spawn(&sys, database.url(), "replica-a", "");
     c.checkout = CheckoutServiceClient::new(channel(&survivor.endpoint).await);
+    let listed = c
+        .checkout
+        .list_checkouts(ListCheckoutsRequest {
+            customer_id: "erin".to_owned(),
+            ..ListCheckoutsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkouts;
+    assert_eq!(listed.len(), 1, "{point}:{step}: one checkout was accepted");
+    let accepted = listed.into_iter().next().unwrap();
+    if let Some(answer) = answered {
+        assert_eq!(answer.checkout_id, accepted.checkout_id);
+    }
     let done = c.settle(&accepted.checkout_id, "erin").await;
     assert_eq!(
         done.status(),

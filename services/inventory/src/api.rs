@@ -10,10 +10,11 @@ use std::time::Duration;
 use checkout_kit::db::{Db, Tx};
 use checkout_kit::idempotency::{Idempotency, Key};
 use checkout_kit::idempotent;
+use checkout_kit::oneof_ids;
 use checkout_kit::retry::RetryPolicy;
 use checkout_kit::server::{GrpcServer, ServerLimits};
 use checkout_kit::status::{self, Rejection};
-use checkout_kit::validate::{OneOf, Violations, one_of_ids};
+use checkout_kit::validate::{OneOf, Violations};
 use checkout_proto::inventory::inventory_service_server::{
     InventoryService, InventoryServiceServer,
 };
@@ -133,17 +134,8 @@ impl InventoryServiceApi {
     }
 }
 
-fn target_from(
-    v: &mut Violations,
-    reservation_id: Option<&String>,
-    checkout_id: Option<&String>,
-) -> Option<Target> {
-    one_of_ids(
-        v,
-        ("reservation_id", reservation_id),
-        ("checkout_id", checkout_id),
-    )
-    .map(|t| match t {
+fn target(found: Option<OneOf>) -> Option<Target> {
+    found.map(|t| match t {
         OneOf::First(id) => Target::Reservation(id),
         OneOf::Second(id) => Target::Checkout(id),
     })
@@ -330,21 +322,16 @@ impl InventoryService for InventoryServiceApi {
         &self,
         request: Request<CommitReservationRequest>,
     ) -> Result<Response<CommitReservationResponse>, Status> {
-        use commit_reservation_request::Target as T;
         let req = request.into_inner();
         let mut v = Violations::new();
         v.uuid("request_id", &req.request_id);
-        let target = target_from(
+        let target = target(oneof_ids!(
             &mut v,
-            match &req.target {
-                Some(T::ReservationId(id)) => Some(id),
-                _ => None,
-            },
-            match &req.target {
-                Some(T::CheckoutId(id)) => Some(id),
-                _ => None,
-            },
-        );
+            req.target,
+            commit_reservation_request,
+            ReservationId,
+            "reservation_id"
+        ));
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let key = Key::new(COMMIT_RESERVATION, &req)?;
@@ -363,7 +350,6 @@ impl InventoryService for InventoryServiceApi {
         &self,
         request: Request<ReleaseReservationRequest>,
     ) -> Result<Response<ReleaseReservationResponse>, Status> {
-        use release_reservation_request::Target as T;
         let req = request.into_inner();
         let mut v = Violations::new();
         v.uuid("request_id", &req.request_id).check(
@@ -371,17 +357,13 @@ impl InventoryService for InventoryServiceApi {
             "reason",
             "at most 500 characters",
         );
-        let target = target_from(
+        let target = target(oneof_ids!(
             &mut v,
-            match &req.target {
-                Some(T::ReservationId(id)) => Some(id),
-                _ => None,
-            },
-            match &req.target {
-                Some(T::CheckoutId(id)) => Some(id),
-                _ => None,
-            },
-        );
+            req.target,
+            release_reservation_request,
+            ReservationId,
+            "reservation_id"
+        ));
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let key = Key::new(RELEASE_RESERVATION, &req)?;
@@ -400,20 +382,15 @@ impl InventoryService for InventoryServiceApi {
         &self,
         request: Request<GetReservationRequest>,
     ) -> Result<Response<GetReservationResponse>, Status> {
-        use get_reservation_request::Target as T;
         let req = request.into_inner();
         let mut v = Violations::new();
-        let target = target_from(
+        let target = target(oneof_ids!(
             &mut v,
-            match &req.target {
-                Some(T::ReservationId(id)) => Some(id),
-                _ => None,
-            },
-            match &req.target {
-                Some(T::CheckoutId(id)) => Some(id),
-                _ => None,
-            },
-        );
+            req.target,
+            get_reservation_request,
+            ReservationId,
+            "reservation_id"
+        ));
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let mut tx = self.read_tx().await?;

@@ -126,6 +126,32 @@ pub fn one_of_ids(
     }
 }
 
+/// Splits a request's two-id oneof (`$module::Target::{$First, CheckoutId}`) and checks it with
+/// [`one_of_ids`]: `oneof_ids!(&mut v, req.target, void_payment_request, PaymentId, "payment_id")`.
+#[macro_export]
+macro_rules! oneof_ids {
+    ($v:expr, $target:expr, $module:ident, $first:ident, $first_name:literal) => {{
+        use $module::Target as T;
+        $crate::validate::one_of_ids(
+            $v,
+            (
+                $first_name,
+                match &$target {
+                    Some(T::$first(id)) => Some(id),
+                    _ => None,
+                },
+            ),
+            (
+                "checkout_id",
+                match &$target {
+                    Some(T::CheckoutId(id)) => Some(id),
+                    _ => None,
+                },
+            ),
+        )
+    }};
+}
+
 /// Longest sku.
 pub const MAX_SKU_LEN: usize = 64;
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use checkout_kit::db::Db;
 use checkout_kit::idempotency::{Idempotency, Key};
+use checkout_kit::oneof_ids;
 use checkout_kit::paging;
 use checkout_kit::server::{GrpcServer, ServerLimits};
 use checkout_kit::status;
-use checkout_kit::validate::{OneOf, Violations, one_of_ids};
+use checkout_kit::validate::{OneOf, Violations};
 use checkout_proto::common::Money;
 use checkout_proto::payment::payment_service_server::{PaymentService, PaymentServiceServer};
 use checkout_proto::payment::*;
@@ -68,32 +69,11 @@ fn money(v: &mut Violations, field: &str, money: Option<&Money>, required: bool)
     }
 }
 
-fn target(
-    v: &mut Violations,
-    payment_id: Option<&String>,
-    checkout_id: Option<&String>,
-) -> Option<Target> {
-    one_of_ids(v, ("payment_id", payment_id), ("checkout_id", checkout_id)).map(|t| match t {
+fn target(found: Option<OneOf>) -> Option<Target> {
+    found.map(|t| match t {
         OneOf::First(id) => Target::Payment(id),
         OneOf::Second(id) => Target::Checkout(id),
     })
-}
-
-macro_rules! target_of {
-    ($v:expr, $target:expr, $module:ident) => {{
-        use $module::Target as T;
-        target(
-            $v,
-            match &$target {
-                Some(T::PaymentId(id)) => Some(id),
-                _ => None,
-            },
-            match &$target {
-                Some(T::CheckoutId(id)) => Some(id),
-                _ => None,
-            },
-        )
-    }};
 }
 
 /// Runs an operation that calls the processor to its end even if the caller disconnects.
@@ -169,7 +149,13 @@ impl PaymentService for PaymentServiceApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         v.uuid("request_id", &req.request_id);
-        let target = target_of!(&mut v, req.target, capture_payment_request);
+        let target = target(oneof_ids!(
+            &mut v,
+            req.target,
+            capture_payment_request,
+            PaymentId,
+            "payment_id"
+        ));
         money(&mut v, "amount", req.amount.as_ref(), false);
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
@@ -187,7 +173,13 @@ impl PaymentService for PaymentServiceApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         v.uuid("request_id", &req.request_id);
-        let target = target_of!(&mut v, req.target, void_payment_request);
+        let target = target(oneof_ids!(
+            &mut v,
+            req.target,
+            void_payment_request,
+            PaymentId,
+            "payment_id"
+        ));
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let key = Key::new(VOID, &req)?;
@@ -208,7 +200,13 @@ impl PaymentService for PaymentServiceApi {
             "reason",
             "at most 500 characters",
         );
-        let target = target_of!(&mut v, req.target, refund_payment_request);
+        let target = target(oneof_ids!(
+            &mut v,
+            req.target,
+            refund_payment_request,
+            PaymentId,
+            "payment_id"
+        ));
         money(&mut v, "amount", req.amount.as_ref(), true);
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
@@ -226,7 +224,13 @@ impl PaymentService for PaymentServiceApi {
     ) -> Result<Response<GetPaymentResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let target = target_of!(&mut v, req.target, get_payment_request);
+        let target = target(oneof_ids!(
+            &mut v,
+            req.target,
+            get_payment_request,
+            PaymentId,
+            "payment_id"
+        ));
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let mut tx = self
@@ -248,7 +252,13 @@ impl PaymentService for PaymentServiceApi {
     ) -> Result<Response<ListLedgerEntriesResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let target = target_of!(&mut v, req.target, list_ledger_entries_request);
+        let target = target(oneof_ids!(
+            &mut v,
+            req.target,
+            list_ledger_entries_request,
+            PaymentId,
+            "payment_id"
+        ));
         v.finish()?;
         let target = target.ok_or_else(|| Status::invalid_argument("target"))?;
         let size = paging::page_size(req.page_size, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX)?;
