@@ -20,7 +20,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("checkout_descriptor.bin"), fds.encode_to_vec())?;
 
     // No default stubs: a new RPC does not compile until its service implements it.
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Messages with payment tokens or addresses get a redacting `Debug` (src/redact.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::StrictCodec")
+        .skip_debug([
+            ".checkout.common.v1.Address",
+            ".checkout.checkout.v1.StartCheckoutRequest",
+            ".checkout.payment.v1.AuthorizePaymentRequest",
+        ])
+        .compile_fds(fds)?;
     Ok(())
 }
 

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use checkout_inventory::fixture::{StockEntry, StockFixture};
+use checkout_kit::auth::Credentials;
+use checkout_kit::client::{self, ClientOptions, EndpointError, OutboundChannel};
 use checkout_kit::db::{self, Db};
 use checkout_kit::shutdown::Shutdown;
 use checkout_proto::cart::cart_service_client::CartServiceClient;
@@ -19,10 +21,9 @@ use checkout_proto::checkout::{CheckoutStatus, StartCheckoutRequest};
 use checkout_proto::common::Address;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::sqlite_url;
-use crate::launch::{LaunchError, Settings, System};
+use crate::launch::{LaunchError, Security, Settings, System};
 use crate::role::Role;
 
 /// The skus the benchmark buys (ample stock).
@@ -54,7 +55,7 @@ pub enum BenchError {
     Call(#[from] tonic::Status),
     /// Connecting failed.
     #[error(transparent)]
-    Connect(#[from] tonic::transport::Error),
+    Connect(#[from] EndpointError),
     /// Reading the databases failed.
     #[error(transparent)]
     Db(#[from] db::DbError),
@@ -144,16 +145,12 @@ fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn channel(endpoint: String) -> Result<Channel, BenchError> {
-    Ok(Endpoint::from_shared(endpoint)
-        .map_err(|e| BenchError::Other(e.to_string()))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+async fn channel(endpoint: String, options: &ClientOptions) -> Result<OutboundChannel, BenchError> {
+    Ok(client::connect(&endpoint, options).await?)
 }
 
 async fn make_cart(
-    cart: &mut CartServiceClient<Channel>,
+    cart: &mut CartServiceClient<OutboundChannel>,
     i: usize,
 ) -> Result<(String, String), BenchError> {
     let customer = format!("bench-{i}");
@@ -201,7 +198,7 @@ fn start_request(cart_id: String, customer: String) -> StartCheckoutRequest {
 
 /// Runs `carts` through StartCheckout at `concurrency`; returns latencies and outcomes.
 async fn drive(
-    checkout: &CheckoutServiceClient<Channel>,
+    checkout: &CheckoutServiceClient<OutboundChannel>,
     carts: Vec<(String, String)>,
     concurrency: usize,
     progress: bool,
@@ -287,14 +284,19 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
         }
         None => sqlite_url(dir.path(), role),
     };
+    // Measured as deployed: every call authenticated, the orchestrator presenting its key.
+    let credentials = Credentials::generate();
     let settings = Settings {
         stock: ample_stock(),
+        security: Security::with_credentials(&credentials),
         ..Settings::default()
     };
+    let options = ClientOptions::with_bearer(credentials.storefront_bearer());
     let (trigger, shutdown) = Shutdown::new();
     let system = System::start(url, |_| "127.0.0.1:0".to_owned(), &settings, shutdown).await?;
-    let mut cart = CartServiceClient::new(channel(system.endpoint(Role::Cart)).await?);
-    let checkout = CheckoutServiceClient::new(channel(system.endpoint(Role::Orchestrator)).await?);
+    let mut cart = CartServiceClient::new(channel(system.endpoint(Role::Cart), &options).await?);
+    let checkout =
+        CheckoutServiceClient::new(channel(system.endpoint(Role::Orchestrator), &options).await?);
 
     let mut carts = Vec::with_capacity(plan.warmup + plan.checkouts);
     for i in 0..plan.warmup + plan.checkouts {

@@ -19,6 +19,7 @@ use checkout_orchestrator::runner::{CrashPoints, EngineConfig};
 
 use crate::launch::{LaunchError, SagaSettings, Settings};
 use crate::role::Role;
+use crate::security::SecurityArgs;
 
 /// Checkout saga orchestrator: cart, inventory, payment and fulfillment services coordinated by
 /// a durable saga, in one binary.
@@ -75,6 +76,8 @@ pub enum Command {
     /// Start everything on a temporary SQLite directory, run three checkouts (completed,
     /// declined, out of stock) and print their timelines.
     Demo,
+    /// Print a fresh API key and the SHA-256 hash servers are configured with.
+    Keygen,
     /// Run the five servers as processes, inject faults and kills while checkouts run, then
     /// check every invariant; exit non-zero on any violation.
     Chaos(ChaosArgs),
@@ -158,6 +161,9 @@ pub struct UpArgs {
     /// Limits shared by every server.
     #[command(flatten)]
     pub server: ServerArgs,
+    /// API keys and TLS.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Flags of `serve`.
@@ -180,6 +186,9 @@ pub struct ServeArgs {
     /// Limits of this server.
     #[command(flatten)]
     pub server: ServerArgs,
+    /// API keys and TLS.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Flags of `migrate`.
@@ -483,6 +492,8 @@ impl ServerArgs {
                 step_timeout: Duration::from_millis(self.step_timeout_ms),
             },
             faults: self.faults()?,
+            // `up` and `serve` resolve their security flags on top of this.
+            security: crate::launch::Security::default(),
             served_countries: match &self.served_countries {
                 Some(list) => {
                     ServedCountries::parse(list).map_err(|e| LaunchError::Config(e.to_string()))?

@@ -5,16 +5,17 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use checkout_kit::auth::Credentials;
+use checkout_kit::client::{self, ClientOptions, EndpointError, OutboundChannel};
 use checkout_kit::shutdown::Shutdown;
 use checkout_proto::cart::cart_service_client::CartServiceClient;
 use checkout_proto::cart::{AddItemRequest, CreateCartRequest};
 use checkout_proto::checkout::checkout_service_client::CheckoutServiceClient;
 use checkout_proto::checkout::{Checkout, StartCheckoutRequest};
 use checkout_proto::common::Address;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::config::sqlite_url;
-use crate::launch::{LaunchError, Settings, System};
+use crate::launch::{LaunchError, Security, Settings, System};
 use crate::role::Role;
 
 /// Why the demo could not run.
@@ -28,7 +29,7 @@ pub enum DemoError {
     Call(#[from] tonic::Status),
     /// A connection failed.
     #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(#[from] EndpointError),
     /// The temporary directory could not be made.
     #[error("cannot create a temporary directory: {0}")]
     Io(#[from] std::io::Error),
@@ -62,8 +63,8 @@ fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn channel(endpoint: String) -> Result<Channel, DemoError> {
-    Ok(Endpoint::from_shared(endpoint)?.connect().await?)
+async fn channel(endpoint: String, options: &ClientOptions) -> Result<OutboundChannel, DemoError> {
+    Ok(client::connect(&endpoint, options).await?)
 }
 
 fn money(m: Option<&checkout_proto::common::Money>) -> String {
@@ -131,7 +132,12 @@ pub fn render(checkout: &Checkout) -> String {
 /// Runs the demo and returns what it printed.
 pub async fn run() -> Result<String, DemoError> {
     let dir = tempfile::tempdir()?;
-    let settings = Settings::default();
+    let credentials = Credentials::generate();
+    let settings = Settings {
+        security: Security::with_credentials(&credentials),
+        ..Settings::default()
+    };
+    let options = ClientOptions::with_bearer(credentials.storefront_bearer());
     let (trigger, shutdown) = Shutdown::new();
     let system = System::start(
         |role| sqlite_url(dir.path(), role),
@@ -140,9 +146,9 @@ pub async fn run() -> Result<String, DemoError> {
         shutdown,
     )
     .await?;
-    let mut cart = CartServiceClient::new(channel(system.endpoint(Role::Cart)).await?);
+    let mut cart = CartServiceClient::new(channel(system.endpoint(Role::Cart), &options).await?);
     let mut checkout =
-        CheckoutServiceClient::new(channel(system.endpoint(Role::Orchestrator)).await?);
+        CheckoutServiceClient::new(channel(system.endpoint(Role::Orchestrator), &options).await?);
     let mut out = format!(
         "checkout demo: five servers on a temporary SQLite directory ({})\n",
         dir.path().display()

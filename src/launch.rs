@@ -9,13 +9,16 @@ use checkout_cart::catalog::Catalog;
 use checkout_fulfillment::address::ServedCountries;
 use checkout_inventory::fixture::StockFixture;
 use checkout_inventory::reaper::ReaperConfig;
+use checkout_kit::auth::{AuthPolicy, Bearer, Credentials, Secret};
+use checkout_kit::client::ClientOptions;
 use checkout_kit::db::{Db, DbError, PoolConfig};
 use checkout_kit::fault::{FaultConfig, FaultControl};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::server::{self, GrpcServer, ServerError, ServerLimits};
 use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
+use checkout_kit::tls::{ClientTls, ServerTls};
 use checkout_orchestrator::checkout_saga::{self, CheckoutSteps};
-use checkout_orchestrator::clients::{EndpointError, ServiceClients, ServiceEndpoints};
+use checkout_orchestrator::clients::{ServiceClients, ServiceEndpointError, ServiceEndpoints};
 use checkout_orchestrator::runner::{Engine, EngineConfig};
 use checkout_payment::processor::SimulatedProcessor;
 use tokio::net::TcpListener;
@@ -45,8 +48,8 @@ pub enum LaunchError {
         source: ServerError,
     },
     /// The orchestrator was given an unusable service endpoint.
-    #[error("orchestrator: {0}")]
-    Endpoint(#[from] EndpointError),
+    #[error("orchestrator")]
+    Endpoint(#[from] ServiceEndpointError),
     /// A server task panicked or was cancelled.
     #[error("{role} server task ended abnormally: {source}")]
     Task {
@@ -86,6 +89,67 @@ pub struct Settings {
     pub saga: SagaSettings,
     /// Fault injection: allowed or not, rules from the start, seed.
     pub faults: FaultConfig,
+    /// Authentication and TLS.
+    pub security: Security,
+}
+
+/// Authentication and TLS of a process's servers and of the orchestrator's clients. The default
+/// (auth disabled, no TLS) is for code that builds `Settings` itself; the binary always decides
+/// explicitly (see `config.rs`).
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Which keys the servers accept, or development mode.
+    pub auth: AuthPolicy,
+    /// The internal key the orchestrator presents to the services it drives.
+    pub internal_key: Option<Secret>,
+    /// The servers' certificate and key; none serves plaintext.
+    pub server_tls: Option<ServerTls>,
+    /// The CA the orchestrator's clients trust for `https://` endpoints.
+    pub client_tls: Option<ClientTls>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            auth: AuthPolicy::Disabled,
+            internal_key: None,
+            server_tls: None,
+            client_tls: None,
+        }
+    }
+}
+
+impl Security {
+    /// Servers accepting exactly these keys, the orchestrator presenting the internal one.
+    pub fn with_credentials(credentials: &Credentials) -> Self {
+        Self {
+            auth: AuthPolicy::Enforced(credentials.keyring()),
+            internal_key: Some(credentials.internal.clone()),
+            ..Self::default()
+        }
+    }
+
+    /// What the orchestrator's clients present and trust.
+    fn client_options(&self) -> Result<ClientOptions, LaunchError> {
+        let bearer = match (&self.auth, &self.internal_key) {
+            (_, Some(key)) => Some(Bearer::new(key).map_err(|e| {
+                LaunchError::Config(format!("the orchestrator's internal key: {e}"))
+            })?),
+            (AuthPolicy::Enforced(_), None) => {
+                return Err(LaunchError::Usage(
+                    "the orchestrator needs the internal key it presents to the services: set \
+                     --internal-key-file (or --auth-disabled for development)"
+                        .to_owned(),
+                ));
+            }
+            (AuthPolicy::Disabled, None) => None,
+        };
+        Ok(ClientOptions {
+            bearer,
+            tls: self.client_tls.clone(),
+            ..ClientOptions::default()
+        })
+    }
 }
 
 /// The orchestrator's saga settings.
@@ -202,7 +266,8 @@ pub fn build_server(
             (server, None)
         }
         Role::Orchestrator => {
-            let clients = ServiceClients::connect_lazy(endpoints)?;
+            let options = settings.security.client_options()?;
+            let clients = ServiceClients::connect_lazy(endpoints, &options)?;
             let def = checkout_saga::definition(settings.saga.deadline, settings.saga.step_timeout);
             let steps = Arc::new(CheckoutSteps::new(clients));
             let engine = Engine::new(db.clone(), def, steps, settings.saga.engine.clone());
@@ -211,7 +276,10 @@ pub fn build_server(
             (server, Some(engine))
         }
     };
-    let server = server.with_faults(FaultControl::new(settings.faults.clone()));
+    let server = server
+        .with_faults(FaultControl::new(settings.faults.clone()))
+        .with_auth(settings.security.auth.clone())
+        .with_tls(settings.security.server_tls.clone());
     Ok(ServerParts { server, engine })
 }
 
@@ -283,6 +351,7 @@ impl RunningServer {
 pub struct System {
     servers: Vec<RunningServer>,
     trigger: ShutdownTrigger,
+    tls: bool,
 }
 
 impl System {
@@ -294,6 +363,7 @@ impl System {
         settings: &Settings,
         outer: Shutdown,
     ) -> Result<Self, LaunchError> {
+        let tls = settings.security.server_tls.is_some();
         let mut prepared = Vec::new();
         for role in Role::ALL {
             let db = open_database(role, &database_url(role), &settings.pool).await?;
@@ -315,7 +385,7 @@ impl System {
                         source,
                     },
                 })?;
-            Ok(server::endpoint_of(addr))
+            Ok(server::endpoint_of(addr, tls))
         };
         let endpoints = ServiceEndpoints {
             cart: endpoint(Role::Cart)?,
@@ -343,7 +413,11 @@ impl System {
             outer.requested().await;
             relay.fire();
         });
-        Ok(Self { servers, trigger })
+        Ok(Self {
+            servers,
+            trigger,
+            tls,
+        })
     }
 
     /// The address a role listens on.
@@ -355,14 +429,16 @@ impl System {
             .expect("every role runs in a system")
     }
 
-    /// The `http://` endpoint of a role.
+    /// The endpoint of a role (`https://` when serving TLS).
     pub fn endpoint(&self, role: Role) -> String {
-        server::endpoint_of(self.addr(role))
+        server::endpoint_of(self.addr(role), self.tls)
     }
 
     /// Waits until every server stopped; the first failure stops the others too.
     pub async fn wait(self) -> Result<(), LaunchError> {
-        let Self { servers, trigger } = self;
+        let Self {
+            servers, trigger, ..
+        } = self;
         let mut first_error = None;
         let mut waits: futures::stream::FuturesUnordered<_> =
             servers.into_iter().map(RunningServer::wait).collect();

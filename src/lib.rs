@@ -8,6 +8,7 @@
 //! * [`demo`]: three checkouts on a temporary system, with their timelines.
 //! * [`launch`]: opening databases, binding listeners and running servers, for `up`, `serve` and
 //!   `migrate`, and for tests that start real servers on port 0.
+//! * [`security`]: API key, development mode and TLS flags, and `keygen`.
 
 pub mod bench;
 pub mod chaos;
@@ -15,3 +16,4 @@ pub mod config;
 pub mod demo;
 pub mod launch;
 pub mod role;
+pub mod security;

@@ -10,6 +10,7 @@ use checkout::config::{
 };
 use checkout::launch::{self, RunningServer, System};
 use checkout::role::Role;
+use checkout::security::{AuthNotice, WithoutKeys};
 use checkout_kit::shutdown::Shutdown;
 use checkout_kit::telemetry::LogFormat;
 use checkout_orchestrator::clients::ServiceEndpoints;
@@ -61,6 +62,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", report.text());
             }
+            Ok(())
+        }
+        Command::Keygen => {
+            print!("{}", checkout::security::keygen());
             Ok(())
         }
         Command::Demo => {
@@ -143,8 +148,48 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Says how this process authenticates: on stdout for `up` (a person reads its banner), in the
+/// log for `serve` (its stdout is one line for supervisors). Development mode is announced
+/// loudly on stderr either way.
+fn announce(notice: &AuthNotice, banner: bool) {
+    match notice {
+        AuthNotice::Configured if !banner => {
+            tracing::info!("auth: API keys required (configured key hashes)");
+        }
+        AuthNotice::Configured => println!("auth: API keys required (configured key hashes)"),
+        AuthNotice::DevelopmentKeys(path) => println!(
+            "auth: API keys required; development keys in {} (`source` it; the servers keep \
+             only hashes; configure --storefront-key-sha256/--internal-key-sha256 for your own)",
+            path.display()
+        ),
+        AuthNotice::Disabled => {
+            let warning = "\
+!!! ================================================================== !!!
+!!!  AUTHENTICATION IS DISABLED (--auth-disabled)                       !!!
+!!!  Any client can call every RPC: payments, stock, fault injection.   !!!
+!!!  Development only. Never expose these ports.                        !!!
+!!! ================================================================== !!!";
+            if banner {
+                println!("{warning}");
+            }
+            eprintln!("{warning}");
+            tracing::warn!("authentication is disabled: every RPC accepts unauthenticated calls");
+        }
+    }
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let settings = args.server.settings()?;
+    let mut settings = args.server.settings()?;
+    let keys_file = args.databases.data_dir.join("api-keys.env");
+    let (security, notice) = args
+        .security
+        .resolve(WithoutKeys::DevelopmentKeysIn(keys_file))?;
+    if security.server_tls.is_some() && security.client_tls.is_none() {
+        anyhow::bail!(
+            "--tls-cert needs --tls-ca: the orchestrator verifies the services' certificates"
+        );
+    }
+    settings.security = security;
     let system = System::start(
         |role| args.databases.url(role),
         |role| args.listen.addr(role).to_owned(),
@@ -155,6 +200,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     .context("cannot start the system")?;
 
     println!("checkout is up: five servers in one process");
+    announce(&notice, true);
     for role in Role::ALL {
         println!(
             "  {:<12} {:<45} {}  db {}",
@@ -164,8 +210,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.databases.url(role)
         );
     }
+    let plaintext = if settings.security.server_tls.is_some() {
+        ""
+    } else {
+        "-plaintext "
+    };
     println!(
-        "try: grpcurl -plaintext {} list   (Ctrl-C stops)",
+        "try: grpcurl {plaintext}{} list   (Ctrl-C stops)",
         system.addr(Role::Orchestrator)
     );
     system.wait().await.context("a server failed")?;
@@ -187,7 +238,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fulfillment: args.endpoints.fulfillment_endpoint,
     };
 
-    let settings = args.server.settings()?;
+    let mut settings = args.server.settings()?;
+    let (security, notice) = args.security.resolve(WithoutKeys::Refuse)?;
+    settings.security = security;
     let db = launch::open_database(role, &url, &settings.pool).await?;
     launch::prepare(role, &db, &settings).await?;
     let listener = launch::bind(role, &listen).await?;
@@ -206,6 +259,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         role.grpc_service(),
         running.addr
     );
+    announce(&notice, false);
     running.wait().await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use checkout_kit::auth::Caller;
 use checkout_kit::db::{Db, Tx, now_millis};
 use checkout_kit::idempotency::{Idempotency, Key};
 use checkout_kit::idempotent;
@@ -355,10 +356,18 @@ impl CheckoutService for CheckoutApi {
         &self,
         request: Request<ListCheckoutsRequest>,
     ) -> Result<Response<ListCheckoutsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
         if !req.customer_id.is_empty() {
             v.id("customer_id", &req.customer_id);
+        } else if !caller.is_privileged() {
+            // A storefront sees one customer's checkouts at a time; listing across customers
+            // is for operators holding the internal credential.
+            v.add(
+                "customer_id",
+                "required with a storefront key: list one customer's checkouts",
+            );
         }
         v.finish()?;
         let size = paging::page_size(req.page_size, LIST_PAGE_DEFAULT, LIST_PAGE_MAX)?;

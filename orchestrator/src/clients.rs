@@ -1,17 +1,12 @@
 //! gRPC clients of the services the saga drives.
 
-use checkout_kit::telemetry::PropagateTrace;
+use checkout_kit::client::{self, ClientOptions, EndpointError, OutboundChannel};
 use checkout_proto::cart::cart_service_client::CartServiceClient;
 use checkout_proto::fulfillment::fulfillment_service_client::FulfillmentServiceClient;
 use checkout_proto::inventory::inventory_service_client::InventoryServiceClient;
 use checkout_proto::payment::payment_service_client::PaymentServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 
-/// A channel whose calls carry the caller's trace context.
-pub type TracedChannel = InterceptedService<Channel, PropagateTrace>;
-
-/// Where the four services listen (`http://host:port`).
+/// Where the four services listen (`http://host:port`, or `https://` with TLS).
 #[derive(Debug, Clone)]
 pub struct ServiceEndpoints {
     /// CartService endpoint.
@@ -24,68 +19,52 @@ pub struct ServiceEndpoints {
     pub fulfillment: String,
 }
 
-/// An endpoint that is not an `http://host:port` URI.
+/// A service endpoint the orchestrator cannot dial.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {service} endpoint `{url}`: expected http://host:port")]
-pub struct EndpointError {
+#[error("{service} endpoint")]
+pub struct ServiceEndpointError {
     /// Which service's endpoint.
     pub service: &'static str,
-    /// The endpoint as given.
-    pub url: String,
+    /// Why it cannot be dialled.
+    #[source]
+    pub source: EndpointError,
 }
 
-/// The four service clients. Channels connect lazily and reconnect on their own, so the
-/// orchestrator starts even while a service is down (its commands then fail as transient).
+/// The four service clients, presenting the orchestrator's internal credential. Channels
+/// connect lazily and reconnect on their own, so the orchestrator starts even while a service is
+/// down (its commands then fail as transient).
 #[derive(Debug, Clone)]
 pub struct ServiceClients {
     /// CartService client.
-    pub cart: CartServiceClient<TracedChannel>,
+    pub cart: CartServiceClient<OutboundChannel>,
     /// InventoryService client.
-    pub inventory: InventoryServiceClient<TracedChannel>,
+    pub inventory: InventoryServiceClient<OutboundChannel>,
     /// PaymentService client.
-    pub payment: PaymentServiceClient<TracedChannel>,
+    pub payment: PaymentServiceClient<OutboundChannel>,
     /// FulfillmentService client.
-    pub fulfillment: FulfillmentServiceClient<TracedChannel>,
+    pub fulfillment: FulfillmentServiceClient<OutboundChannel>,
 }
 
 impl ServiceClients {
     /// Lazily connecting clients for the given endpoints.
-    pub fn connect_lazy(endpoints: &ServiceEndpoints) -> Result<Self, EndpointError> {
+    pub fn connect_lazy(
+        endpoints: &ServiceEndpoints,
+        options: &ClientOptions,
+    ) -> Result<Self, ServiceEndpointError> {
+        let channel = |service: &'static str, url: &str| {
+            client::connect_lazy(url, options)
+                .map_err(|source| ServiceEndpointError { service, source })
+        };
         Ok(Self {
-            cart: CartServiceClient::with_interceptor(
-                channel("cart", &endpoints.cart)?,
-                PropagateTrace,
-            ),
-            inventory: InventoryServiceClient::with_interceptor(
-                channel("inventory", &endpoints.inventory)?,
-                PropagateTrace,
-            ),
-            payment: PaymentServiceClient::with_interceptor(
-                channel("payment", &endpoints.payment)?,
-                PropagateTrace,
-            ),
-            fulfillment: FulfillmentServiceClient::with_interceptor(
-                channel("fulfillment", &endpoints.fulfillment)?,
-                PropagateTrace,
-            ),
+            cart: CartServiceClient::new(channel("cart", &endpoints.cart)?),
+            inventory: InventoryServiceClient::new(channel("inventory", &endpoints.inventory)?),
+            payment: PaymentServiceClient::new(channel("payment", &endpoints.payment)?),
+            fulfillment: FulfillmentServiceClient::new(channel(
+                "fulfillment",
+                &endpoints.fulfillment,
+            )?),
         })
     }
-}
-
-fn channel(service: &'static str, url: &str) -> Result<Channel, EndpointError> {
-    let error = || EndpointError {
-        service,
-        url: url.to_owned(),
-    };
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|_| error())?;
-    // `Endpoint::from_shared` accepts a bare path; a channel to it could never connect.
-    if endpoint.uri().scheme().is_none() || endpoint.uri().host().is_none() {
-        return Err(error());
-    }
-    Ok(endpoint
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect_lazy())
 }
 
 #[cfg(test)]
@@ -103,10 +82,14 @@ mod tests {
 
     #[tokio::test]
     async fn bad_endpoints_are_refused_by_name() {
-        let err = ServiceClients::connect_lazy(&endpoints("not a url")).unwrap_err();
+        let options = ClientOptions::default();
+        let err = ServiceClients::connect_lazy(&endpoints("not a url"), &options).unwrap_err();
         assert_eq!(err.service, "cart");
-        assert!(err.to_string().contains("not a url"));
-        assert!(ServiceClients::connect_lazy(&endpoints("/just/a/path")).is_err());
-        assert!(ServiceClients::connect_lazy(&endpoints("http://127.0.0.1:50051")).is_ok());
+        assert!(err.source.to_string().contains("not a url"));
+        assert_eq!(err.to_string(), "cart endpoint");
+        assert!(ServiceClients::connect_lazy(&endpoints("/just/a/path"), &options).is_err());
+        assert!(
+            ServiceClients::connect_lazy(&endpoints("http://127.0.0.1:50051"), &options).is_ok()
+        );
     }
 }

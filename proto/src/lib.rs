@@ -4,9 +4,14 @@
 //! * `checkout/<area>/v1/*.proto` beside this crate: the contracts (`buf lint` STANDARD).
 //! * [`common`], [`cart`], [`inventory`], [`payment`], [`fulfillment`], [`checkout`], [`fault`]:
 //!   the generated messages, clients and servers, one module per package.
+//! * [`codec`]: the codec of every client and server (malformed bodies are INVALID_ARGUMENT).
+//! * `redact`: `Debug` that hides payment tokens and addresses.
 //! * [`FILE_DESCRIPTOR_SET`]: the encoded descriptors that server reflection serves.
 
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+pub mod codec;
+mod redact;
 
 /// Generated code, nested as the protobuf packages are (`checkout.<area>.v1`).
 pub mod pb {

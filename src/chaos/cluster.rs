@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use checkout_kit::auth::Credentials;
+
 use crate::role::Role;
 
 /// How to start each server.
@@ -17,6 +19,10 @@ pub struct ClusterSpec {
     pub stock_file: PathBuf,
     /// Seed for the servers' fault randomness.
     pub seed: u64,
+    /// The keys the servers accept (they get only the hashes).
+    pub credentials: Credentials,
+    /// File holding the internal key, for the orchestrator to present.
+    pub internal_key_file: PathBuf,
 }
 
 /// A process that did not start.
@@ -101,10 +107,21 @@ impl Cluster {
             .args(["--lease-ttl-ms", "3000", "--sweep-interval-ms", "100"])
             .args(["--step-timeout-ms", "2000", "--reaper-interval-ms", "500"])
             .args(["--drain-timeout-ms", "500"])
+            .env(
+                "CHECKOUT_STOREFRONT_KEY_SHA256",
+                self.spec.credentials.storefront.hash().to_hex(),
+            )
+            .env(
+                "CHECKOUT_INTERNAL_KEY_SHA256",
+                self.spec.credentials.internal.hash().to_hex(),
+            )
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if role == Role::Orchestrator {
+            command.env("CHECKOUT_INTERNAL_KEY_FILE", &self.spec.internal_key_file);
+        }
         for other in [
             Role::Cart,
             Role::Inventory,

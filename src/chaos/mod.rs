@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use checkout_inventory::fixture::StockFixture;
+use checkout_kit::auth::{Bearer, Credentials, Secret};
+use checkout_kit::client::{self, ClientOptions};
 use checkout_kit::db::{Db, PoolConfig};
 use checkout_proto::fault::fault_service_client::FaultServiceClient;
 use checkout_proto::fault::{
@@ -91,6 +93,21 @@ pub fn scarce_stock(seed: u64) -> StockFixture {
         }
     }
     fixture
+}
+
+/// Writes the internal key where only this user can read it.
+fn write_key(path: &Path, key: &Secret) -> Result<(), ChaosError> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(key.expose().as_bytes()))
+        .map_err(|e| ChaosError::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
 fn write_stock(path: &Path, fixture: &StockFixture) -> Result<(), ChaosError> {
@@ -216,15 +233,15 @@ async fn switch_faults(
     endpoint: String,
     rules: Vec<FaultRule>,
     seed: u64,
+    internal: &Bearer,
     report: &Arc<Mutex<Report>>,
 ) {
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint).map(|e| {
-        e.connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-    }) else {
-        return;
+    let options = ClientOptions {
+        connect_timeout: Some(Duration::from_millis(500)),
+        request_timeout: Some(Duration::from_secs(2)),
+        ..ClientOptions::with_bearer(internal.clone())
     };
-    let Ok(channel) = channel.connect().await else {
+    let Ok(channel) = client::connect(&endpoint, &options).await else {
         return;
     };
     let mut faults = FaultServiceClient::new(channel);
@@ -275,12 +292,19 @@ pub async fn run(plan: &ChaosPlan) -> Result<Report, ChaosError> {
     write_stock(&stock_file, &initial)?;
     let urls = database_urls(&dir, plan.postgres_url.as_deref(), plan.seed);
     let started = Instant::now();
+    // Every process runs as deployed: keys required, the orchestrator presenting its own.
+    let credentials = Credentials::generate();
+    let internal_key_file = dir.join("internal.key");
+    write_key(&internal_key_file, &credentials.internal)?;
+    let internal = credentials.internal_bearer();
 
     let cluster = Arc::new(Mutex::new(
         Cluster::start(ClusterSpec {
             databases: urls.clone(),
             stock_file,
             seed: plan.seed,
+            credentials: credentials.clone(),
+            internal_key_file,
         })
         .await?,
     ));
@@ -316,6 +340,7 @@ pub async fn run(plan: &ChaosPlan) -> Result<Report, ChaosError> {
         plan.checkouts,
         plan.concurrency,
         plan.seed,
+        credentials.storefront_bearer(),
         progress.clone(),
     ));
 
@@ -331,7 +356,15 @@ pub async fn run(plan: &ChaosPlan) -> Result<Report, ChaosError> {
                 } else {
                     Vec::new()
                 };
-                switch_faults(endpoints[role.name()].clone(), rules, rng.random(), &report).await;
+                let seed = rng.random();
+                switch_faults(
+                    endpoints[role.name()].clone(),
+                    rules,
+                    seed,
+                    &internal,
+                    &report,
+                )
+                .await;
             }
         }
         while kills.peek().is_some_and(|at| *at <= done) {
@@ -350,7 +383,14 @@ pub async fn run(plan: &ChaosPlan) -> Result<Report, ChaosError> {
     }
     let outcome = load.await.map_err(|e| ChaosError::Setup(e.to_string()))?;
     for role in FAULT_TARGETS {
-        switch_faults(endpoints[role.name()].clone(), Vec::new(), 0, &report).await;
+        switch_faults(
+            endpoints[role.name()].clone(),
+            Vec::new(),
+            0,
+            &internal,
+            &report,
+        )
+        .await;
     }
 
     // Quiescence: every saga settles (the orchestrator keeps driving them).

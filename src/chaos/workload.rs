@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use checkout_kit::auth::Bearer;
+use checkout_kit::client::{self, ClientOptions, OutboundChannel};
 use checkout_proto::cart::cart_service_client::CartServiceClient;
 use checkout_proto::cart::{AddItemRequest, CreateCartRequest};
 use checkout_proto::checkout::StartCheckoutRequest;
@@ -15,7 +17,6 @@ use checkout_proto::checkout::checkout_service_client::CheckoutServiceClient;
 use checkout_proto::common::Address;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::ChaosError;
@@ -114,17 +115,18 @@ where
     Err(Status::unavailable("gave up after 200 attempts"))
 }
 
-fn channel(endpoint: &str) -> Result<Channel, ChaosError> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| ChaosError::Setup(e.to_string()))?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy())
+fn channel(endpoint: &str, storefront: &Bearer) -> Result<OutboundChannel, ChaosError> {
+    let options = ClientOptions {
+        connect_timeout: Some(Duration::from_millis(500)),
+        request_timeout: Some(Duration::from_secs(5)),
+        ..ClientOptions::with_bearer(storefront.clone())
+    };
+    client::connect_lazy(endpoint, &options).map_err(|e| ChaosError::Setup(e.to_string()))
 }
 
 async fn one_checkout(
-    cart: &mut CartServiceClient<Channel>,
-    checkout: &mut CheckoutServiceClient<Channel>,
+    cart: &mut CartServiceClient<OutboundChannel>,
+    checkout: &mut CheckoutServiceClient<OutboundChannel>,
     index: usize,
     seed: u64,
     progress: &Progress,
@@ -211,6 +213,7 @@ pub async fn run(
     total: usize,
     concurrency: usize,
     seed: u64,
+    storefront: Bearer,
     progress: Progress,
 ) -> LoadOutcome {
     let next = Arc::new(AtomicUsize::new(0));
@@ -219,8 +222,8 @@ pub async fn run(
     for _ in 0..concurrency.max(1) {
         let (next, failures, progress) = (next.clone(), failures.clone(), progress.clone());
         let (Ok(cart), Ok(checkout)) = (
-            channel(&endpoints[Role::Cart.name()]),
-            channel(&endpoints[Role::Orchestrator.name()]),
+            channel(&endpoints[Role::Cart.name()], &storefront),
+            channel(&endpoints[Role::Orchestrator.name()], &storefront),
         ) else {
             continue;
         };

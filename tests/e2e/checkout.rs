@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use checkout::role::Role;
+use checkout_kit::client::OutboundChannel;
 use checkout_kit::status::reason_of;
 use checkout_proto::cart::cart_service_client::CartServiceClient;
 use checkout_proto::cart::{AddItemRequest, CartState, CreateCartRequest, GetCartRequest};
@@ -17,7 +18,6 @@ use checkout_proto::payment::payment_service_client::PaymentServiceClient;
 use checkout_proto::payment::{GetPaymentRequest, PaymentState, get_payment_request};
 use tokio_stream::StreamExt;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::helpers::{TestSystem, channel, spawn_system};
 
@@ -39,21 +39,30 @@ pub fn address(country: &str) -> Address {
 }
 
 pub struct Clients {
-    pub cart: CartServiceClient<Channel>,
-    pub inventory: InventoryServiceClient<Channel>,
-    pub payment: PaymentServiceClient<Channel>,
-    pub fulfillment: FulfillmentServiceClient<Channel>,
-    pub checkout: CheckoutServiceClient<Channel>,
+    pub cart: CartServiceClient<OutboundChannel>,
+    pub inventory: InventoryServiceClient<OutboundChannel>,
+    pub payment: PaymentServiceClient<OutboundChannel>,
+    pub fulfillment: FulfillmentServiceClient<OutboundChannel>,
+    pub checkout: CheckoutServiceClient<OutboundChannel>,
 }
 
 impl Clients {
     pub async fn connect(endpoint: impl Fn(Role) -> String) -> Self {
+        Self::connect_with(endpoint, |url| async move { channel(&url).await }).await
+    }
+
+    /// Clients on channels `dial` makes (another credential, TLS).
+    pub async fn connect_with<F, Fut>(endpoint: impl Fn(Role) -> String, dial: F) -> Self
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = OutboundChannel>,
+    {
         Self {
-            cart: CartServiceClient::new(channel(&endpoint(Role::Cart)).await),
-            inventory: InventoryServiceClient::new(channel(&endpoint(Role::Inventory)).await),
-            payment: PaymentServiceClient::new(channel(&endpoint(Role::Payment)).await),
-            fulfillment: FulfillmentServiceClient::new(channel(&endpoint(Role::Fulfillment)).await),
-            checkout: CheckoutServiceClient::new(channel(&endpoint(Role::Orchestrator)).await),
+            cart: CartServiceClient::new(dial(endpoint(Role::Cart)).await),
+            inventory: InventoryServiceClient::new(dial(endpoint(Role::Inventory)).await),
+            payment: PaymentServiceClient::new(dial(endpoint(Role::Payment)).await),
+            fulfillment: FulfillmentServiceClient::new(dial(endpoint(Role::Fulfillment)).await),
+            checkout: CheckoutServiceClient::new(dial(endpoint(Role::Orchestrator)).await),
         }
     }
 

@@ -17,6 +17,7 @@ fn checkout() -> Command {
         }
     }
     command.env("RUST_LOG", "warn");
+    crate::helpers::with_test_keys(&mut command);
     command
 }
 
@@ -99,7 +100,10 @@ fn a_malformed_endpoint_fails_clearly() {
         "payment-host-without-scheme",
     ]));
     assert!(!ok);
-    assert!(stderr.contains("invalid payment endpoint"), "{stderr}");
+    assert!(
+        stderr.contains("payment endpoint: invalid endpoint `payment-host-without-scheme`"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -407,4 +411,88 @@ fn bench_reports_throughput_latency_commits_and_outcomes() {
         "at least one commit per step"
     );
     assert!(report["step_mean_ms"]["capture_payment"].as_f64().is_some());
+}
+
+/// Servers never start open by accident: no keys and no explicit development mode is an error,
+/// and development mode is announced loudly.
+#[tokio::test]
+async fn auth_is_off_only_when_asked_for_and_then_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/cart.db", dir.path().display());
+    let mut bare = checkout();
+    for key in [
+        "CHECKOUT_STOREFRONT_KEY_SHA256",
+        "CHECKOUT_INTERNAL_KEY_SHA256",
+        "CHECKOUT_INTERNAL_KEY_FILE",
+    ] {
+        bare.env_remove(key);
+    }
+    let (ok, _, stderr) = run(bare.args([
+        "serve",
+        "cart",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &url,
+    ]));
+    assert!(!ok);
+    assert!(stderr.contains("no API keys configured"), "{stderr}");
+
+    if testing::backend() != checkout_kit::db::Backend::Sqlite {
+        return;
+    }
+    let mut up = checkout();
+    for key in [
+        "CHECKOUT_STOREFRONT_KEY_SHA256",
+        "CHECKOUT_INTERNAL_KEY_SHA256",
+        "CHECKOUT_INTERNAL_KEY_FILE",
+    ] {
+        up.env_remove(key);
+    }
+    let mut child = up
+        .arg("up")
+        .arg("--auth-disabled")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--orchestrator-listen", "127.0.0.1:0"])
+        .args(["--cart-listen", "127.0.0.1:0"])
+        .args(["--inventory-listen", "127.0.0.1:0"])
+        .args(["--payment-listen", "127.0.0.1:0"])
+        .args(["--fulfillment-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|line| !line.starts_with("try:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(banner.contains("AUTHENTICATION IS DISABLED"), "{banner}");
+}
+
+#[test]
+fn keygen_prints_a_key_and_the_hash_servers_are_configured_with() {
+    let (ok, stdout, _) = run(checkout().arg("keygen"));
+    assert!(ok);
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| rest.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+    };
+    let key = checkout_kit::auth::Secret::new(field("key"));
+    assert_eq!(key.hash().to_hex(), field("sha256"));
+    let (_, again, _) = run(checkout().arg("keygen"));
+    assert_ne!(stdout, again, "every key is fresh");
 }

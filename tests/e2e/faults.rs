@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use checkout::role::Role;
+use checkout_kit::client::OutboundChannel;
 use checkout_kit::fault::FaultConfig;
 use checkout_kit::status::{fields_of, reason_of};
 use checkout_proto::cart::{AddItemRequest, GetCartRequest};
@@ -12,7 +13,6 @@ use checkout_proto::fault::fault_service_client::FaultServiceClient;
 use checkout_proto::fault::*;
 use checkout_proto::payment::PaymentState;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::checkout::Clients;
 use crate::helpers::{channel, spawn_system, spawn_system_with, test_settings};
@@ -31,11 +31,11 @@ fn rule(pattern: &str, probability: f64, kind: FaultKind) -> FaultRule {
     }
 }
 
-async fn faults_of(endpoint: &str) -> FaultServiceClient<Channel> {
+async fn faults_of(endpoint: &str) -> FaultServiceClient<OutboundChannel> {
     FaultServiceClient::new(channel(endpoint).await)
 }
 
-async fn set(client: &mut FaultServiceClient<Channel>, rules: Vec<FaultRule>) {
+async fn set(client: &mut FaultServiceClient<OutboundChannel>, rules: Vec<FaultRule>) {
     client
         .set_fault_rules(SetFaultRulesRequest {
             request_id: rid(),

@@ -1,7 +1,10 @@
 //! Starting the whole system for a test.
 
-use checkout::launch::{Settings, System};
+use checkout::launch::{Security, Settings, System};
 use checkout::role::Role;
+use checkout_kit::auth::{Credentials, Secret};
+use checkout_kit::client::{self, ClientOptions, OutboundChannel};
+use checkout_kit::db::{Db, PoolConfig};
 use checkout_kit::server::ServerLimits;
 use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
 use checkout_kit::testing::TestDatabase;
@@ -19,6 +22,24 @@ impl TestSystem {
         self.system.endpoint(role)
     }
 
+    /// Every row of every table of all five databases: equal snapshots mean nothing changed.
+    pub async fn snapshot(&self) -> String {
+        let mut out = String::new();
+        for (role, database) in Role::ALL.iter().zip(&self.databases) {
+            let db = Db::connect(database.url(), &PoolConfig::default())
+                .await
+                .expect("open a database for a snapshot");
+            out.push_str(&format!("### {role}\n"));
+            out.push_str(
+                &checkout_kit::testing::snapshot(&db)
+                    .await
+                    .expect("snapshot a database"),
+            );
+            db.close().await;
+        }
+        out
+    }
+
     /// The database URL a role's server uses.
     pub fn database_url(&self, role: Role) -> &str {
         let index = Role::ALL.iter().position(|r| *r == role).unwrap();
@@ -26,12 +47,22 @@ impl TestSystem {
     }
 }
 
+/// The keys every test system accepts.
+pub fn test_credentials() -> Credentials {
+    Credentials {
+        storefront: Secret::new("test-storefront-key"),
+        internal: Secret::new("test-internal-key"),
+    }
+}
+
+/// Servers as deployed: keys required, the orchestrator presenting the internal one.
 pub fn test_settings() -> Settings {
     Settings {
         limits: ServerLimits {
             drain_timeout: Duration::from_secs(2),
             ..ServerLimits::default()
         },
+        security: Security::with_credentials(&test_credentials()),
         ..Settings::default()
     }
 }
@@ -60,11 +91,75 @@ pub async fn spawn_system_with(settings: Settings) -> TestSystem {
     }
 }
 
-/// A connected channel to an endpoint.
-pub async fn channel(endpoint: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .expect("a valid endpoint")
-        .connect()
+/// A connected channel presenting the internal credential (allowed on every RPC).
+pub async fn channel(endpoint: &str) -> OutboundChannel {
+    channel_with(
+        endpoint,
+        ClientOptions::with_bearer(test_credentials().internal_bearer()),
+    )
+    .await
+}
+
+/// A connected channel presenting a storefront key.
+pub async fn storefront_channel(endpoint: &str) -> OutboundChannel {
+    channel_with(
+        endpoint,
+        ClientOptions::with_bearer(test_credentials().storefront_bearer()),
+    )
+    .await
+}
+
+/// A connected channel dialled with these options.
+pub async fn channel_with(endpoint: &str, options: ClientOptions) -> OutboundChannel {
+    client::connect(endpoint, &options)
         .await
         .expect("the server accepts connections")
+}
+
+/// Gives a process of the binary the test keys, as an operator would: the hashes, and the
+/// internal key in a file for the orchestrator to present.
+pub fn with_test_keys(command: &mut std::process::Command) -> &mut std::process::Command {
+    static KEY_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let credentials = test_credentials();
+    let key_file = KEY_FILE.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let path = dir.join(format!("internal-{unique}.key"));
+        std::fs::write(&path, credentials.internal.expose()).expect("write the internal key");
+        path
+    });
+    command
+        .env(
+            "CHECKOUT_STOREFRONT_KEY_SHA256",
+            credentials.storefront.hash().to_hex(),
+        )
+        .env(
+            "CHECKOUT_INTERNAL_KEY_SHA256",
+            credentials.internal.hash().to_hex(),
+        )
+        .env("CHECKOUT_INTERNAL_KEY_FILE", key_file)
+}
+
+/// Fails, listing only the rows that differ, unless two snapshots are equal.
+#[track_caller]
+pub fn assert_unchanged(before: &str, after: &str, what: &str) {
+    if before == after {
+        return;
+    }
+    let old: std::collections::BTreeSet<&str> = before.lines().collect();
+    let new: std::collections::BTreeSet<&str> = after.lines().collect();
+    let gone: Vec<&&str> = old.difference(&new).take(20).collect();
+    let added: Vec<&&str> = new.difference(&old).take(20).collect();
+    panic!("{what} changed stored state\n  rows gone: {gone:#?}\n  rows added: {added:#?}");
+}
+
+/// A snapshot without the idempotency records (a stored refusal is a record, not a change).
+pub fn business_rows(snapshot: &str) -> String {
+    snapshot
+        .lines()
+        .filter(|line| {
+            !line.starts_with("idempotency_keys") && !line.starts_with("== idempotency_keys")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

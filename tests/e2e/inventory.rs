@@ -2,13 +2,13 @@
 //! multi-line reservations never leave a partial reservation behind.
 
 use checkout::role::Role;
+use checkout_kit::client::OutboundChannel;
 use checkout_kit::status::reason_of;
 use checkout_proto::inventory::inventory_service_client::InventoryServiceClient;
 use checkout_proto::inventory::{
     GetStockRequest, ReservationLine, ReserveStockRequest, SetStockRequest,
 };
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::helpers::{channel, spawn_system};
 
@@ -16,7 +16,7 @@ fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn set_stock(client: &mut InventoryServiceClient<Channel>, sku: &str, on_hand: i64) {
+async fn set_stock(client: &mut InventoryServiceClient<OutboundChannel>, sku: &str, on_hand: i64) {
     client
         .set_stock(SetStockRequest {
             request_id: rid(),
@@ -28,7 +28,7 @@ async fn set_stock(client: &mut InventoryServiceClient<Channel>, sku: &str, on_h
         .unwrap();
 }
 
-async fn reserved(client: &mut InventoryServiceClient<Channel>, sku: &str) -> (i64, i64) {
+async fn reserved(client: &mut InventoryServiceClient<OutboundChannel>, sku: &str) -> (i64, i64) {
     let stock = client
         .get_stock(GetStockRequest {
             sku: sku.to_owned(),
@@ -44,7 +44,7 @@ async fn reserved(client: &mut InventoryServiceClient<Channel>, sku: &str) -> (i
 /// Sends concurrent reservations (retrying ABORTED as the orchestrator would) and counts
 /// how many succeeded and how many were out of stock.
 async fn contend(
-    client: &InventoryServiceClient<Channel>,
+    client: &InventoryServiceClient<OutboundChannel>,
     requests: usize,
     lines: Vec<ReservationLine>,
 ) -> (usize, usize) {

@@ -11,5 +11,6 @@ mod idempotency;
 mod inventory;
 mod migrations;
 mod recovery;
+mod security;
 mod servers;
 mod telemetry;

@@ -42,7 +42,7 @@ impl Orchestrator {
                 command.env_remove(key);
             }
         }
-        command
+        crate::helpers::with_test_keys(&mut command)
             .args(["serve", "orchestrator", "--listen", "127.0.0.1:0"])
             .args(["--database-url", db_url])
             .args(["--cart-endpoint", &sys.endpoint(Role::Cart)])

@@ -102,7 +102,7 @@ async fn one_checkout_is_one_trace_across_five_servers_and_nothing_private_leaks
             command.env_remove(key);
         }
     }
-    let mut child = command
+    let mut child = crate::helpers::with_test_keys(&mut command)
         .arg("up")
         .arg("--data-dir")
         .arg(dir.path())

@@ -14,10 +14,13 @@ use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::auth::AuthPolicy;
+use crate::auth::layer::AuthLayer;
 use crate::fault::FaultControl;
 use crate::fault::layer::FaultLayer;
 use crate::fault::service::FaultApi;
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
 use checkout_proto::fault::fault_service_server::FaultServiceServer;
 
 /// Request and connection limits every server applies.
@@ -73,6 +76,9 @@ pub enum ServerError {
     /// The reflection service could not be built from the descriptors.
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS certificate or key was refused.
+    #[error("TLS certificate or key refused")]
+    Tls(#[source] tonic::transport::Error),
     /// The transport failed while serving.
     #[error("gRPC transport failed")]
     Transport(#[from] tonic::transport::Error),
@@ -95,6 +101,8 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     limits: ServerLimits,
     faults: FaultControl,
+    auth: AuthPolicy,
+    tls: Option<ServerTls>,
 }
 
 impl GrpcServer {
@@ -106,7 +114,22 @@ impl GrpcServer {
             service_names: Vec::new(),
             limits,
             faults: FaultControl::disabled(),
+            auth: AuthPolicy::Disabled,
+            tls: None,
         }
+    }
+
+    /// Serves under this auth policy (servers built directly start with auth disabled; the
+    /// binary always sets a policy).
+    pub fn with_auth(mut self, auth: AuthPolicy) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Serves over TLS with this certificate and key.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Serves with these fault rules (and FaultService answering when they allow it).
@@ -145,6 +168,8 @@ impl GrpcServer {
             mut service_names,
             limits,
             faults,
+            auth,
+            tls,
         } = self;
         routes.add_service(FaultApi::new(faults.clone()).server());
         service_names.push(<FaultServiceServer<FaultApi> as NamedService>::NAME);
@@ -181,8 +206,15 @@ impl GrpcServer {
                 tracing::info!(role, "draining in-flight requests");
             }
         };
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            builder = builder.tls_config(tls.config()).map_err(ServerError::Tls)?;
+        }
+        // Auth runs before fault rules: an unauthenticated call never reaches a handler or
+        // triggers an injected fault.
+        let server = builder
             .trace_fn(move |request| request_span(role, request))
+            .layer(AuthLayer::new(auth))
             .layer(FaultLayer::new(faults))
             .timeout(limits.request_timeout)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
@@ -190,7 +222,7 @@ impl GrpcServer {
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, stop_accepting);
 
-        tracing::info!(role, addr = ?local, "serving");
+        tracing::info!(role, addr = ?local, tls = tls.is_some(), "serving");
         let drain_deadline = async {
             shutdown.requested().await;
             tokio::time::sleep(limits.drain_timeout).await;
@@ -249,7 +281,8 @@ fn request_span(role: &'static str, request: &tonic::codegen::http::Request<()>)
     span
 }
 
-/// Formats a bound address as the `http://` endpoint clients dial.
-pub fn endpoint_of(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+/// Formats a bound address as the endpoint clients dial (`https://` when serving TLS).
+pub fn endpoint_of(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }

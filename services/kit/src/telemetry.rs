@@ -2,7 +2,8 @@
 //! metrics exported over OTLP when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or the
 //! per-signal `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`) variables are set.
 //! Without them nothing is exported and the instruments are no-ops. W3C trace context travels in
-//! gRPC metadata on every hop ([`inject`], [`extract`], [`PropagateTrace`]).
+//! gRPC metadata on every hop ([`inject`], [`extract`]; clients inject through
+//! [`crate::client::Outbound`]).
 //!
 //! Payment tokens and addresses are never recorded: spans carry ids, names and codes only.
 
@@ -181,20 +182,6 @@ pub fn context_of(traceparent: &str) -> Context {
 /// Makes `span` a child of a remote or stored trace context.
 pub fn adopt(span: &tracing::Span, parent: Context) {
     let _ = span.set_parent(parent);
-}
-
-/// A client interceptor that carries the current trace context to the server.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PropagateTrace;
-
-impl tonic::service::Interceptor for PropagateTrace {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        inject(request.metadata_mut());
-        Ok(request)
-    }
 }
 
 #[cfg(test)]

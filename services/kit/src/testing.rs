@@ -98,3 +98,63 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+/// Every row of every table of `db` as text, tables and rows in a fixed order: two snapshots are
+/// equal exactly when no stored state changed (tests of requests that must change nothing).
+pub async fn snapshot(db: &Db) -> Result<String, DbError> {
+    let mut tx = db.begin_read().await?;
+    let mut out = String::new();
+    match &mut tx {
+        crate::db::Tx::Sqlite(inner, _) => {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY name",
+            )
+            .fetch_all(&mut **inner)
+            .await?;
+            for table in tables {
+                let columns: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+                        .bind(&table)
+                        .fetch_all(&mut **inner)
+                        .await?;
+                let row = columns
+                    .iter()
+                    .map(|c| format!("quote(\"{c}\")"))
+                    .collect::<Vec<_>>()
+                    .join(" || '|' || ");
+                let rows: Vec<String> =
+                    sqlx::query_scalar(&format!("SELECT {row} FROM \"{table}\" ORDER BY 1"))
+                        .fetch_all(&mut **inner)
+                        .await?;
+                push_table(&mut out, &table, rows);
+            }
+        }
+        crate::db::Tx::Postgres(inner) => {
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE' \
+                 AND table_name <> '_sqlx_migrations' ORDER BY 1",
+            )
+            .fetch_all(&mut **inner)
+            .await?;
+            for table in tables {
+                let rows: Vec<String> =
+                    sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" t ORDER BY 1"))
+                        .fetch_all(&mut **inner)
+                        .await?;
+                push_table(&mut out, &table, rows);
+            }
+        }
+    }
+    tx.rollback().await?;
+    Ok(out)
+}
+
+fn push_table(out: &mut String, table: &str, rows: Vec<String>) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "== {table} ({} rows)", rows.len());
+    for row in rows {
+        let _ = writeln!(out, "{table}: {row}");
+    }
+}
