@@ -6,6 +6,7 @@ mod chaos;
 mod checkout;
 mod cli;
 mod faults;
+mod fuzz;
 mod helpers;
 mod idempotency;
 mod inventory;

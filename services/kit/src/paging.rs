@@ -29,7 +29,11 @@ pub fn decode_token(token: &str, filter: &str) -> Result<Option<String>, Rejecti
         return Ok(None);
     }
     let invalid = || Rejection::invalid_field("page_token", "not a token from this listing");
-    if !token.len().is_multiple_of(2) || token.len() > 4096 {
+    // Hex digits only, checked first: slicing a multi-byte character would panic.
+    if !token.len().is_multiple_of(2)
+        || token.len() > 4096
+        || !token.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(invalid());
     }
     let bytes = (0..token.len())
@@ -60,6 +64,16 @@ mod tests {
         assert!(decode_token("zz", "USD").is_err());
         assert!(decode_token("abc", "USD").is_err());
         assert_eq!(decode_token("", "USD").unwrap(), None);
+        // Found by the fuzzer: a multi-byte character straddling a digit pair.
+        assert!(decode_token("aé", "USD").is_err());
+        assert!(decode_token("éé", "USD").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_token_makes_decoding_panic(token in "\\PC{0,64}|[0-9a-f]{0,64}", filter in ".{0,8}") {
+            let _ = decode_token(&token, &filter);
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! transient failures are not stored. Keys expire after the retention window and
 //! [`Idempotency::spawn_collector`] deletes them in bounded batches.
 
+#[cfg(test)]
+mod fuzz;
 mod key;
 mod requests;
 mod store;
