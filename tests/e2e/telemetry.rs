@@ -263,7 +263,16 @@ async fn one_checkout_is_one_trace_across_five_servers_and_nothing_private_leaks
 
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.lines().count() > 10, "debug logs were written");
-    for secret in ["tok_visa", "tok_chargeDeclined", SECRET_NAME, SECRET_STREET] {
+    let keys = crate::helpers::test_credentials();
+    for secret in [
+        "tok_visa",
+        "tok_chargeDeclined",
+        SECRET_NAME,
+        SECRET_STREET,
+        // The clients' and the orchestrator's API keys.
+        keys.storefront.expose(),
+        keys.internal.expose(),
+    ] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
         for span in &spans {
             for a in &span.attributes {
