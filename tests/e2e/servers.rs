@@ -166,3 +166,40 @@ async fn shutdown_reports_not_serving_then_stops() {
         .expect("servers stop within the drain timeout")
         .unwrap();
 }
+
+/// One connection cannot open more streams than `--max-concurrent-streams`: a further call on it
+/// waits until a stream closes.
+#[tokio::test]
+async fn streams_per_connection_are_bounded() {
+    let mut settings = crate::helpers::test_settings();
+    settings.limits.max_concurrent_streams = 1;
+    let sys = crate::helpers::spawn_system_with(settings).await;
+    let endpoint = sys.endpoint(Role::Cart);
+    let connection = channel(&endpoint).await;
+    let mut watcher = HealthClient::new(connection.clone());
+    let mut watch = watcher
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.next().await.is_some(), "the watch is open");
+
+    let mut second = HealthClient::new(connection.clone());
+    let queued = tokio::time::timeout(
+        Duration::from_millis(500),
+        second.check(HealthCheckRequest::default()),
+    )
+    .await;
+    assert!(queued.is_err(), "a second stream was admitted: {queued:?}");
+
+    drop(watch);
+    drop(watcher);
+    let admitted = tokio::time::timeout(
+        Duration::from_secs(5),
+        HealthClient::new(connection).check(HealthCheckRequest::default()),
+    )
+    .await
+    .expect("the call runs once the stream closed");
+    assert!(admitted.is_ok(), "{admitted:?}");
+    sys.system.stop().await.unwrap();
+}
