@@ -1,0 +1,117 @@
+//! The saga engine alone: the seven-step checkout saga with in-process no-op steps, started
+//! through `CheckoutService.StartCheckout` (idempotency key, saga row, every step's write-ahead
+//! record and result) and driven to completion, 32 sagas in flight — the shape of the peer run
+//! in `../shared/bench/peers/` (Restate on the same seven steps).
+//!
+//! `cargo bench -p checkout-orchestrator --bench engine`. Criterion reports the time per batch of
+//! 32 sagas; sagas/s = 32 / that time. The Postgres group uses `CHECKOUT_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`) and is left out, with a note, when
+//! that server is unreachable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use checkout_kit::db::Backend;
+use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
+use checkout_kit::testing::TestDatabase;
+use checkout_orchestrator::api::CheckoutApi;
+use checkout_orchestrator::checkout_saga;
+use checkout_orchestrator::runner::{Engine, EngineConfig, StepCall, StepExecutor};
+use checkout_proto::checkout::checkout_service_server::CheckoutService;
+use checkout_proto::checkout::{CheckoutStatus, StartCheckoutRequest};
+use checkout_proto::common::Address;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::{Value, json};
+use tonic::{Request, Status};
+
+const IN_FLIGHT: usize = 32;
+
+/// Every step and compensation succeeds at once: only the engine's own work is measured.
+struct NoOp;
+
+#[tonic::async_trait]
+impl StepExecutor for NoOp {
+    async fn execute(&self, _call: StepCall<'_>) -> Result<Value, Status> {
+        Ok(json!({}))
+    }
+}
+
+fn request() -> StartCheckoutRequest {
+    StartCheckoutRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        cart_id: uuid::Uuid::new_v4().to_string(),
+        customer_id: "bench".to_owned(),
+        payment_token: "tok_visa".to_owned(),
+        shipping_address: Some(Address {
+            recipient_name: "Bench".to_owned(),
+            line1: "1 Main St".to_owned(),
+            city: "Town".to_owned(),
+            postal_code: "11111".to_owned(),
+            country_code: "US".to_owned(),
+            ..Address::default()
+        }),
+        wait_for_outcome: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+    }
+}
+
+async fn one_saga(api: &CheckoutApi) {
+    let checkout = api
+        .start_checkout(Request::new(request()))
+        .await
+        .expect("started")
+        .into_inner()
+        .checkout
+        .expect("a checkout");
+    assert_eq!(checkout.status(), CheckoutStatus::Completed);
+}
+
+fn bench_backend(c: &mut Criterion, backend: Backend, name: &str) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let database = TestDatabase::on(backend, "engine_bench");
+    let db = match runtime.block_on(database.migrated(&checkout_orchestrator::MIGRATIONS)) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("skipping the {name} engine benchmark: {e}");
+            return;
+        }
+    };
+    let api = runtime.block_on(async {
+        let def = checkout_saga::definition(Duration::from_secs(120), Duration::from_secs(5));
+        let engine = Engine::new(db.clone(), def, Arc::new(NoOp), EngineConfig::default());
+        let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
+        Arc::new(CheckoutApi::new(db.clone(), idempotency, engine))
+    });
+
+    let mut group = c.benchmark_group(format!("engine/{name}"));
+    group.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    group.sample_size(20);
+    group.bench_function("seven_step_saga_x32", |b| {
+        b.to_async(&runtime).iter(|| {
+            let api = api.clone();
+            async move {
+                let sagas: Vec<_> = (0..IN_FLIGHT)
+                    .map(|_| {
+                        let api = api.clone();
+                        tokio::spawn(async move { one_saga(&api).await })
+                    })
+                    .collect();
+                for saga in sagas {
+                    saga.await.expect("saga task");
+                }
+            }
+        });
+    });
+    group.finish();
+    runtime.block_on(db.close());
+}
+
+fn engine(c: &mut Criterion) {
+    bench_backend(c, Backend::Sqlite, "sqlite");
+    bench_backend(c, Backend::Postgres, "postgres");
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);
