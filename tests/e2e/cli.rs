@@ -165,18 +165,18 @@ fn migrate_applies_every_database_and_is_repeatable() {
     assert!(stderr.contains("needs exactly one role"), "{stderr}");
 }
 
-/// `up` on the embedded default: all five servers answer, and SIGTERM ends it cleanly.
-#[tokio::test]
-async fn up_serves_all_five_and_stops_on_sigterm() {
-    if testing::backend() != checkout_kit::db::Backend::Sqlite {
-        // `up` is the embedded SQLite default; the Postgres leg covers `serve` and the library.
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = checkout()
+/// Starts `up` on port 0 everywhere with its data under `dir`, and returns it with the lines of
+/// its banner (up to the `try:` line).
+async fn spawn_up(
+    mut command: Command,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, Vec<String>) {
+    let mut child = command
         .arg("up")
+        .args(extra)
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .args(["--orchestrator-listen", "127.0.0.1:0"])
         .args(["--cart-listen", "127.0.0.1:0"])
         .args(["--inventory-listen", "127.0.0.1:0"])
@@ -188,20 +188,35 @@ async fn up_serves_all_five_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let endpoints = tokio::task::spawn_blocking(move || {
+    let banner = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
             .take_while(|line| !line.starts_with("try:"))
-            .filter_map(|line| {
-                line.split_whitespace()
-                    .find(|w| w.starts_with("http://"))
-                    .map(str::to_owned)
-            })
             .collect::<Vec<_>>()
     })
     .await
     .unwrap();
+    (child, banner)
+}
+
+/// `up` on the embedded default: all five servers answer, and SIGTERM ends it cleanly.
+#[tokio::test]
+async fn up_serves_all_five_and_stops_on_sigterm() {
+    if testing::backend() != checkout_kit::db::Backend::Sqlite {
+        // `up` is the embedded SQLite default; the Postgres leg covers `serve` and the library.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, banner) = spawn_up(checkout(), dir.path(), &[]).await;
+    let endpoints: Vec<String> = banner
+        .iter()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with("http://"))
+                .map(str::to_owned)
+        })
+        .collect();
     assert_eq!(endpoints.len(), 5, "{endpoints:?}");
     for endpoint in &endpoints {
         let mut client = HealthClient::new(crate::helpers::channel(endpoint).await);
@@ -413,20 +428,26 @@ fn bench_reports_throughput_latency_commits_and_outcomes() {
     assert!(report["step_mean_ms"]["capture_payment"].as_f64().is_some());
 }
 
+/// The binary with no API keys configured at all.
+fn keyless() -> Command {
+    let mut command = checkout();
+    for key in [
+        "CHECKOUT_STOREFRONT_KEY_SHA256",
+        "CHECKOUT_INTERNAL_KEY_SHA256",
+        "CHECKOUT_INTERNAL_KEY_FILE",
+    ] {
+        command.env_remove(key);
+    }
+    command
+}
+
 /// Servers never start open by accident: no keys and no explicit development mode is an error,
 /// and development mode is announced loudly.
 #[tokio::test]
 async fn auth_is_off_only_when_asked_for_and_then_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/cart.db", dir.path().display());
-    let mut bare = checkout();
-    for key in [
-        "CHECKOUT_STOREFRONT_KEY_SHA256",
-        "CHECKOUT_INTERNAL_KEY_SHA256",
-        "CHECKOUT_INTERNAL_KEY_FILE",
-    ] {
-        bare.env_remove(key);
-    }
+    let mut bare = keyless();
     let (ok, _, stderr) = run(bare.args([
         "serve",
         "cart",
@@ -441,40 +462,8 @@ async fn auth_is_off_only_when_asked_for_and_then_loudly() {
     if testing::backend() != checkout_kit::db::Backend::Sqlite {
         return;
     }
-    let mut up = checkout();
-    for key in [
-        "CHECKOUT_STOREFRONT_KEY_SHA256",
-        "CHECKOUT_INTERNAL_KEY_SHA256",
-        "CHECKOUT_INTERNAL_KEY_FILE",
-    ] {
-        up.env_remove(key);
-    }
-    let mut child = up
-        .arg("up")
-        .arg("--auth-disabled")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--orchestrator-listen", "127.0.0.1:0"])
-        .args(["--cart-listen", "127.0.0.1:0"])
-        .args(["--inventory-listen", "127.0.0.1:0"])
-        .args(["--payment-listen", "127.0.0.1:0"])
-        .args(["--fulfillment-listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let banner = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .take_while(|line| !line.starts_with("try:"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
-    .await
-    .unwrap();
+    let (mut child, banner) = spawn_up(keyless(), dir.path(), &["--auth-disabled"]).await;
+    let banner = banner.join("\n");
     let _ = child.kill();
     let _ = child.wait();
     assert!(banner.contains("AUTHENTICATION IS DISABLED"), "{banner}");

@@ -59,114 +59,92 @@ fn key(secret: &str) -> ClientOptions {
     ClientOptions::with_bearer(Bearer::new(&Secret::new(secret)).unwrap())
 }
 
-/// One representative call per service class, made on a channel with the given credential.
+/// The code one call earned (`Ok` when it succeeded).
+macro_rules! code_of {
+    ($call:expr) => {
+        $call.await.err().map_or(Code::Ok, |status| status.code())
+    };
+}
+
+/// One representative call per service class, made on channels with the given credential.
 async fn probe(
     endpoint: impl Fn(Role) -> String,
     options: ClientOptions,
 ) -> Vec<(&'static str, Code)> {
     let dial = |role: Role| {
-        let options = options.clone();
-        let url = endpoint(role);
+        let (url, options) = (endpoint(role), options.clone());
         async move { channel_with(&url, options).await }
     };
-    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
-    let cart = dial(Role::Cart).await;
-    let mut results = vec![
+    let cart = CartServiceClient::new(dial(Role::Cart).await);
+    let checkout = CheckoutServiceClient::new(dial(Role::Orchestrator).await);
+    let faults = FaultServiceClient::new(dial(Role::Orchestrator).await);
+    let (mut c1, mut c2, mut k1, mut k2, mut f) =
+        (cart.clone(), cart, checkout.clone(), checkout, faults);
+    vec![
         (
             "cart.CreateCart",
-            code(
-                CartServiceClient::new(cart.clone())
-                    .create_cart(CreateCartRequest {
-                        request_id: rid(),
-                        customer_id: "probe".to_owned(),
-                        currency_code: "USD".to_owned(),
-                    })
-                    .await
-                    .map(drop),
-            ),
+            code_of!(c1.create_cart(CreateCartRequest {
+                request_id: rid(),
+                customer_id: "probe".to_owned(),
+                currency_code: "USD".to_owned(),
+            })),
         ),
         (
             "cart.LockCart",
-            code(
-                CartServiceClient::new(cart)
-                    .lock_cart(LockCartRequest {
-                        request_id: rid(),
-                        cart_id: rid(),
-                        checkout_id: rid(),
-                        customer_id: "probe".to_owned(),
-                    })
-                    .await
-                    .map(drop),
+            code_of!(c2.lock_cart(LockCartRequest {
+                request_id: rid(),
+                cart_id: rid(),
+                checkout_id: rid(),
+                customer_id: "probe".to_owned(),
+            })),
+        ),
+        (
+            "checkout.ListCheckouts",
+            code_of!(k1.list_checkouts(ListCheckoutsRequest {
+                customer_id: "probe".to_owned(),
+                ..ListCheckoutsRequest::default()
+            })),
+        ),
+        (
+            "checkout.RetryCheckout",
+            code_of!(k2.retry_checkout(RetryCheckoutRequest {
+                request_id: rid(),
+                checkout_id: rid(),
+                reason: "probe".to_owned(),
+            })),
+        ),
+        (
+            "inventory.GetStock",
+            code_of!(
+                InventoryServiceClient::new(dial(Role::Inventory).await).get_stock(
+                    GetStockRequest {
+                        sku: "MUG-CERAMIC".to_owned(),
+                    }
+                )
             ),
         ),
-    ];
-    let checkout = dial(Role::Orchestrator).await;
-    results.push((
-        "checkout.ListCheckouts",
-        code(
-            CheckoutServiceClient::new(checkout.clone())
-                .list_checkouts(ListCheckoutsRequest {
-                    customer_id: "probe".to_owned(),
-                    ..ListCheckoutsRequest::default()
-                })
-                .await
-                .map(drop),
+        (
+            "payment.GetPayment",
+            code_of!(
+                PaymentServiceClient::new(dial(Role::Payment).await).get_payment(
+                    GetPaymentRequest {
+                        target: Some(get_payment_request::Target::CheckoutId(rid())),
+                    }
+                )
+            ),
         ),
-    ));
-    results.push((
-        "checkout.RetryCheckout",
-        code(
-            CheckoutServiceClient::new(checkout.clone())
-                .retry_checkout(RetryCheckoutRequest {
-                    request_id: rid(),
-                    checkout_id: rid(),
-                    reason: "probe".to_owned(),
-                })
-                .await
-                .map(drop),
+        (
+            "fulfillment.GetShipments",
+            code_of!(
+                FulfillmentServiceClient::new(dial(Role::Fulfillment).await)
+                    .get_shipments(GetShipmentsRequest { checkout_id: rid() })
+            ),
         ),
-    ));
-    results.push((
-        "inventory.GetStock",
-        code(
-            InventoryServiceClient::new(dial(Role::Inventory).await)
-                .get_stock(GetStockRequest {
-                    sku: "MUG-CERAMIC".to_owned(),
-                })
-                .await
-                .map(drop),
+        (
+            "fault.ListFaultRules",
+            code_of!(f.list_fault_rules(ListFaultRulesRequest {})),
         ),
-    ));
-    results.push((
-        "payment.GetPayment",
-        code(
-            PaymentServiceClient::new(dial(Role::Payment).await)
-                .get_payment(GetPaymentRequest {
-                    target: Some(get_payment_request::Target::CheckoutId(rid())),
-                })
-                .await
-                .map(drop),
-        ),
-    ));
-    results.push((
-        "fulfillment.GetShipments",
-        code(
-            FulfillmentServiceClient::new(dial(Role::Fulfillment).await)
-                .get_shipments(GetShipmentsRequest { checkout_id: rid() })
-                .await
-                .map(drop),
-        ),
-    ));
-    results.push((
-        "fault.ListFaultRules",
-        code(
-            FaultServiceClient::new(checkout)
-                .list_fault_rules(ListFaultRulesRequest {})
-                .await
-                .map(drop),
-        ),
-    ));
-    results
+    ]
 }
 
 fn codes_of(results: &[(&'static str, Code)], expected: &[(&str, Code)]) {
