@@ -8,6 +8,7 @@ mod cli;
 mod faults;
 mod fuzz;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod inventory;
 mod migrations;
