@@ -1010,6 +1010,43 @@ async fn hostile_requests_to_every_rpc_are_refused_and_change_nothing() {
             }
         }
     }
+    // The one streaming RPC: its refusal comes as the call's answer or the stream's first item.
+    let mut watcher = checkout_proto::checkout::checkout_service_client::CheckoutServiceClient::new(
+        channel(&sys.endpoint(Role::Orchestrator)).await,
+    );
+    for (label, request, field) in [
+        (
+            "id not a UUID",
+            WatchCheckoutRequest {
+                checkout_id: huge(),
+                customer_id: "alice".to_owned(),
+            },
+            "checkout_id",
+        ),
+        (
+            "customer missing",
+            WatchCheckoutRequest {
+                checkout_id: real.checkout.clone(),
+                customer_id: String::new(),
+            },
+            "customer_id",
+        ),
+    ] {
+        let refusal = match watcher.watch_checkout(request).await {
+            Err(status) => Some(status),
+            Ok(stream) => tokio_stream::StreamExt::next(&mut stream.into_inner())
+                .await
+                .and_then(Result::err),
+        };
+        match refusal {
+            Some(s)
+                if s.code() == Code::InvalidArgument
+                    && checkout_kit::status::fields_of(&s)
+                        .iter()
+                        .any(|f| f == field) => {}
+            other => wrong.push(format!("WatchCheckout {label}: {other:?}")),
+        }
+    }
     assert!(
         wrong.is_empty(),
         "{} of {} cases:\n{}",
