@@ -200,6 +200,7 @@ impl CheckoutService for CheckoutApi {
         let def = self.engine.definition();
         let owner = self.engine.config().replica_id.clone();
         let lease_ttl = self.engine.config().lease_ttl;
+        let mut created = false;
         let started = idempotent!(self.idempotency, key, |tx| {
             let now = now_millis();
             let saga = SagaRow {
@@ -235,6 +236,7 @@ impl CheckoutService for CheckoutApi {
                 .await
                 .map_err(db_status)?;
             crate::metrics::metrics().started.add(1, &[]);
+            created = true;
             store::append_event(
                 tx,
                 &saga.saga_id,
@@ -259,8 +261,12 @@ impl CheckoutService for CheckoutApi {
             .as_ref()
             .map(|c| c.checkout_id.clone())
             .unwrap_or_default();
-        // A new saga, or a retried request whose saga may still need a driver.
-        self.engine.start(&checkout_id);
+        if created && !checkout_id.is_empty() {
+            self.engine.start_new(&checkout_id);
+        } else {
+            // A retried request whose saga may still need a driver.
+            self.engine.start(&checkout_id);
+        }
         let checkout = self.await_outcome(&checkout_id, wait).await?;
         Ok(Response::new(StartCheckoutResponse {
             checkout: Some(checkout),

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod checkout_saga;
 pub mod clients;
+pub mod journal;
 pub mod metrics;
 pub mod runner;
 pub mod saga;

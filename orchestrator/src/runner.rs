@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use checkout_kit::db::{Db, DbError, Tx, now_millis};
+use checkout_kit::db::{Db, DbError, now_millis};
 use checkout_kit::shutdown::Shutdown;
 use checkout_kit::status::{error_chain, reason_of};
 use serde_json::Value;
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, broadcast};
 use tonic::Status;
 
+use crate::journal::{Journal, NewEvent, SagaWrite, Saved};
 use crate::metrics::{attr, metrics};
 use crate::saga::definition::SagaDef;
 use crate::saga::machine::{
@@ -141,6 +142,7 @@ pub struct Engine {
     db: Db,
     def: Arc<SagaDef>,
     executor: Arc<dyn StepExecutor>,
+    journal: Journal,
     config: EngineConfig,
     permits: Arc<Semaphore>,
     /// Sagas this replica drives now; `true` asks the driver to look again when it ends.
@@ -234,7 +236,8 @@ fn describe(result: &Result<Value, Status>) -> (Outcome, String, String, String)
 }
 
 impl Engine {
-    /// An engine for one saga definition over the orchestrator's database.
+    /// An engine for one saga definition over the orchestrator's database. Starts the journal
+    /// that group-commits its writes, so it must be called on a Tokio runtime.
     pub fn new(
         db: Db,
         def: SagaDef,
@@ -243,6 +246,7 @@ impl Engine {
     ) -> Self {
         let (changes, _) = broadcast::channel(1024);
         Self {
+            journal: Journal::spawn(db.clone()),
             db,
             permits: Arc::new(Semaphore::new(config.workers.max(1))),
             def: Arc::new(def),
@@ -277,6 +281,15 @@ impl Engine {
     /// Drives a saga on a worker. If this replica drives it already, the driver looks again
     /// once it is done (a cancel or an operator retry may have arrived as it was finishing).
     pub fn start(&self, saga_id: &str) {
+        self.start_with(saga_id, true);
+    }
+
+    /// Drives a saga this replica has just created, already leased to itself.
+    pub fn start_new(&self, saga_id: &str) {
+        self.start_with(saga_id, false);
+    }
+
+    fn start_with(&self, saga_id: &str, claim: bool) {
         {
             let Ok(mut active) = self.active.lock() else {
                 return;
@@ -290,15 +303,18 @@ impl Engine {
         let engine = self.clone();
         let saga_id = saga_id.to_owned();
         tokio::spawn(async move {
+            let mut claim = claim;
             loop {
                 if let Ok(_permit) = engine.permits.clone().acquire_owned().await
-                    && let Err(e) = engine.drive(&saga_id).await
+                    && let Err(e) = engine.drive_from(&saga_id, claim).await
                 {
                     tracing::warn!(%saga_id, error = %error_chain(&e), "driving the saga stopped; the sweeper resumes it");
                 }
                 let Ok(mut active) = engine.active.lock() else {
                     return;
                 };
+                // Looking again means taking the lease again: it was given back.
+                claim = true;
                 match active.get_mut(&saga_id) {
                     Some(again) if *again => *again = false,
                     _ => {
@@ -344,24 +360,20 @@ impl Engine {
         now_millis().saturating_add(millis(self.config.lease_ttl))
     }
 
-    async fn load(
-        &self,
-        tx: &mut Tx,
-        saga_id: &str,
-    ) -> Result<(SagaRow, Vec<StepRow>), EngineError> {
-        let saga = store::saga(tx, saga_id)
+    async fn load(&self, saga_id: &str) -> Result<(SagaRow, Vec<StepRow>), EngineError> {
+        let mut tx = self.db.begin_read().await?;
+        let saga = store::saga(&mut tx, saga_id)
             .await?
             .ok_or_else(|| EngineError::Corrupt(saga_id.to_owned(), "missing".to_owned()))?;
-        let steps = store::steps(tx, saga_id).await?;
+        let steps = store::steps(&mut tx, saga_id).await?;
+        tx.rollback().await?;
         Ok((saga, steps))
     }
 
-    /// Drives one saga until it is over, parked, waiting long for a retry, or taken over.
-    pub async fn drive(&self, saga_id: &str) -> Result<(), EngineError> {
-        let owner = self.config.replica_id.clone();
+    /// Takes a saga's lease; attempts a crashed driver left in flight are marked ambiguous.
+    async fn claim(&self, saga_id: &str, owner: &str) -> Result<bool, EngineError> {
         let mut tx = self.db.begin().await?;
-        let claimed =
-            store::claim(&mut tx, saga_id, &owner, self.lease_until(), now_millis()).await?;
+        let claimed = store::claim(&mut tx, saga_id, owner, self.lease_until(), now_millis()).await?;
         if claimed {
             // Attempts a crashed driver left in flight may have taken effect.
             let interrupted = store::interrupt_in_flight(&mut tx, saga_id, now_millis()).await?;
@@ -374,86 +386,127 @@ impl Engine {
             }
         }
         tx.commit().await?;
-        if !claimed {
+        Ok(claimed)
+    }
+
+    /// Drives one saga until it is over, parked, or taken over.
+    pub async fn drive(&self, saga_id: &str) -> Result<(), EngineError> {
+        self.drive_from(saga_id, true).await
+    }
+
+    /// `claim` is false only for a saga this replica has just created already leased to
+    /// itself: nothing of it can be in flight, so there is nothing to take over.
+    async fn drive_from(&self, saga_id: &str, claim: bool) -> Result<(), EngineError> {
+        let owner = self.config.replica_id.clone();
+        if claim && !self.claim(saga_id, &owner).await? {
+            return Ok(());
+        }
+        let (saga, steps) = self.load(saga_id).await?;
+        if saga.lease_owner.as_deref() != Some(owner.as_str()) {
             return Ok(());
         }
         let span =
             tracing::info_span!("saga.drive", otel.name = "saga checkout", saga_id = %saga_id);
-        let stored = {
-            let mut tx = self.db.begin_read().await?;
-            let saga = store::saga(&mut tx, saga_id).await?;
-            tx.rollback().await?;
-            saga.map(|s| s.trace_context).unwrap_or_default()
-        };
-        if !stored.is_empty() {
+        if !saga.trace_context.is_empty() {
             // A saga resumed after a restart continues the trace of the request that started it.
-            telemetry::adopt(&span, telemetry::context_of(&stored));
+            telemetry::adopt(&span, telemetry::context_of(&saga.trace_context));
         }
-        let result = self.drive_owned(saga_id, &owner).instrument(span).await;
-        let mut tx = self.db.begin().await?;
-        store::release(&mut tx, saga_id, &owner).await?;
-        tx.commit().await?;
+        let result = self.drive_owned(saga, steps, &owner).instrument(span).await;
+        if !matches!(result, Ok(Stop::Released)) {
+            let mut tx = self.db.begin().await?;
+            store::release(&mut tx, saga_id, &owner).await?;
+            tx.commit().await?;
+        }
         self.announce(saga_id);
-        result
+        result.map(|_| ())
     }
 
-    async fn drive_owned(&self, saga_id: &str, owner: &str) -> Result<(), EngineError> {
+    async fn drive_owned(
+        &self,
+        mut saga: SagaRow,
+        steps: Vec<StepRow>,
+        owner: &str,
+    ) -> Result<Stop, EngineError> {
+        let corrupt = |e: serde_json::Error| EngineError::Corrupt(saga.saga_id.clone(), e.to_string());
+        let input: Value = serde_json::from_str(&saga.input).map_err(corrupt)?;
+        let mut outputs: serde_json::Map<String, Value> =
+            serde_json::from_str(&saga.outputs).map_err(corrupt)?;
+        let mut state = state_of(&saga, &steps, now_millis())?;
+        // A result not stored yet: it goes with the next write-ahead record (or the end).
+        let mut pending = Pending::default();
         loop {
-            let mut tx = self.db.begin_read().await?;
-            let (mut saga, steps) = self.load(&mut tx, saga_id).await?;
-            tx.rollback().await?;
-            if saga.lease_owner.as_deref() != Some(owner) {
-                return Ok(());
-            }
             let now = now_millis();
-            let mut state = state_of(&saga, &steps, now)?;
+            // The saga row is the truth for the saga-level fields; steps live in `state`.
+            state.status = SagaStatus::parse(&saga.status)
+                .ok_or_else(|| EngineError::Corrupt(saga.saga_id.clone(), "status".to_owned()))?;
+            state.step_index = index(saga.step_index);
+            state.cancel_requested = saga.cancel_requested;
+            state.deadline_passed = now > saga.deadline_at;
             match machine::decide(&self.def, &state) {
-                Decision::Idle => return Ok(()),
-                Decision::Complete => {
-                    saga.status = SagaStatus::Completed.as_str().to_owned();
-                    let event = ("completed", "", "the order is reserved, paid and shippable");
-                    if self.save(&saga, &state, owner, None, event).await? {
-                        finished(&saga, now);
+                Decision::Idle => {
+                    if !pending.is_empty() {
+                        self.save(&mut saga, &mut state, owner, &pending, false)
+                            .await?;
                     }
-                    return Ok(());
+                    return Ok(Stop::Held);
                 }
-                Decision::FinishCompensation => {
-                    saga.status = SagaStatus::Compensated.as_str().to_owned();
-                    let message = format!("every step was undone ({})", saga.failure_reason);
-                    let event = ("compensated", "", message.as_str());
-                    if self.save(&saga, &state, owner, None, event).await? {
-                        finished(&saga, now);
+                Decision::Complete | Decision::FinishCompensation => {
+                    let completed = saga.status == SagaStatus::Running.as_str();
+                    let message = if completed {
+                        saga.status = SagaStatus::Completed.as_str().to_owned();
+                        "the order is reserved, paid and shippable".to_owned()
+                    } else {
+                        saga.status = SagaStatus::Compensated.as_str().to_owned();
+                        format!("every step was undone ({})", saga.failure_reason)
+                    };
+                    let kind = if completed { "completed" } else { "compensated" };
+                    pending.event(kind, "", message, &saga.status);
+                    if !self
+                        .save(&mut saga, &mut state, owner, &pending, true)
+                        .await?
+                    {
+                        return Ok(Stop::Held);
                     }
-                    return Ok(());
+                    finished(&saga, now);
+                    return Ok(Stop::Released);
                 }
                 Decision::Compensate(failure) => {
                     self.begin_compensation(&mut saga, &failure);
                     let message = format!("{}: {}", failure.reason, failure.message);
-                    if !self
-                        .save(
-                            &saga,
-                            &state,
-                            owner,
-                            None,
-                            ("compensation_started", &failure.step, &message),
-                        )
-                        .await?
-                    {
-                        return Ok(());
-                    }
+                    pending.event("compensation_started", &failure.step, message, &saga.status);
                 }
                 Decision::Attempt {
                     step,
                     direction,
                     number,
                 } => {
+                    let attempt = Attempt {
+                        step,
+                        direction,
+                        number,
+                        input: &input,
+                    };
+                    let before = std::mem::take(&mut pending);
                     match self
-                        .attempt(&mut saga, &mut state, owner, step, direction, number)
+                        .attempt(&mut saga, &mut state, &mut outputs, owner, before, attempt)
                         .await?
                     {
-                        Some(Transition::RetryAfter(delay)) => tokio::time::sleep(delay).await,
-                        Some(Transition::Park(_)) | None => return Ok(()),
-                        Some(Transition::Continue | Transition::Compensate(_)) => {}
+                        Attempted::Fenced => return Ok(Stop::Held),
+                        Attempted::Parked => return Ok(Stop::Released),
+                        Attempted::Recorded(next) => pending = next,
+                        Attempted::Cancelled => {}
+                        Attempted::RetryAfter(delay) => {
+                            tokio::time::sleep(delay).await;
+                            // A cancel or an operator may have acted while the saga waited.
+                            let (fresh, steps) = self.load(&saga.saga_id).await?;
+                            if fresh.version != saga.version
+                                || fresh.lease_owner.as_deref() != Some(owner)
+                            {
+                                return Ok(Stop::Held);
+                            }
+                            state = state_of(&fresh, &steps, now_millis())?;
+                            saga = fresh;
+                        }
                     }
                 }
             }
@@ -471,70 +524,86 @@ impl Engine {
         saga.failure_step = failure.step.clone();
     }
 
-    /// Writes the saga row (fenced), the attempt and its step, and one event; false when
-    /// fenced off.
+    /// Stores the saga row (fenced) with the pending records through the journal, giving the
+    /// lease back with `release`; false when fenced off.
     async fn save(
-        &self,
-        saga: &SagaRow,
-        state: &SagaState,
-        owner: &str,
-        attempt: Option<(&AttemptRow, bool)>,
-        event: (&str, &str, &str),
-    ) -> Result<bool, EngineError> {
-        let now = now_millis();
-        let mut row = saga.clone();
-        row.updated_at = now;
-        let mut tx = self.db.begin().await?;
-        let pivot_write_ahead = matches!(attempt, Some((a, true)) if index(a.step_index) == self.def.pivot() && a.direction == Direction::Forward.as_str());
-        if pivot_write_ahead {
-            row.pivot_started = true;
-        }
-        if !store::save_saga(&mut tx, &row, owner, self.lease_until(), pivot_write_ahead).await? {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        // Only an attempt changes a step: the one it belongs to.
-        if let Some((a, _)) = attempt {
-            let i = index(a.step_index);
-            let row = step_row(i, self.def.steps[i].name, &state.steps[i]);
-            store::save_step(&mut tx, &saga.saga_id, &row).await?;
-        }
-        match attempt {
-            Some((a, true)) => store::insert_attempt(&mut tx, &saga.saga_id, a).await?,
-            Some((a, false)) => store::finish_attempt(&mut tx, &saga.saga_id, a).await?,
-            None => {}
-        }
-        store::append_event(
-            &mut tx,
-            &saga.saga_id,
-            event.0,
-            event.1,
-            event.2,
-            &row.status,
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        self.announce(&saga.saga_id);
-        Ok(true)
-    }
-
-    /// One attempt: written ahead, sent, recorded. `None` when the saga was taken from us.
-    async fn attempt(
         &self,
         saga: &mut SagaRow,
         state: &mut SagaState,
         owner: &str,
-        step: usize,
-        direction: Direction,
-        number: u32,
-    ) -> Result<Option<Transition>, EngineError> {
+        pending: &Pending,
+        release: bool,
+    ) -> Result<bool, EngineError> {
+        let mut row = saga.clone();
+        row.updated_at = now_millis();
+        let pivot_write_ahead = pending.started.as_ref().is_some_and(|a| {
+            index(a.step_index) == self.def.pivot() && a.direction == Direction::Forward.as_str()
+        });
+        row.pivot_started |= pivot_write_ahead;
+        let mut changed = pending.steps.clone();
+        changed.sort_unstable();
+        changed.dedup();
+        let write = SagaWrite {
+            saga: row,
+            owner: owner.to_owned(),
+            lease_expires_at: self.lease_until(),
+            require_no_cancel: pivot_write_ahead,
+            release,
+            steps: changed
+                .iter()
+                .map(|&i| step_row(i, self.def.steps[i].name, &state.steps[i]))
+                .collect(),
+            finished: pending.finished.clone(),
+            started: pending.started.clone(),
+            events: pending.events.clone(),
+        };
+        let Saved::Written { cancel_requested } = self.journal.write(write).await? else {
+            return Ok(false);
+        };
+        saga.version += 1;
+        saga.pivot_started |= pivot_write_ahead;
+        saga.cancel_requested = cancel_requested;
+        state.cancel_requested = cancel_requested;
+        if release {
+            saga.lease_owner = None;
+        }
+        self.announce(&saga.saga_id);
+        for a in &pending.finished {
+            let step = self.def.steps[index(a.step_index)].name;
+            self.config.crash_points.hit("after_record", step);
+        }
+        if let Some(a) = &pending.started {
+            let step = self.def.steps[index(a.step_index)].name;
+            self.config.crash_points.hit("after_write_ahead", step);
+        }
+        Ok(true)
+    }
+
+    /// One attempt: written ahead (with the records `before` it), sent, and its result folded
+    /// into the saga — stored at once when the saga waits or parks, otherwise handed back to go
+    /// with the next write.
+    async fn attempt(
+        &self,
+        saga: &mut SagaRow,
+        state: &mut SagaState,
+        outputs: &mut serde_json::Map<String, Value>,
+        owner: &str,
+        before: Pending,
+        a: Attempt<'_>,
+    ) -> Result<Attempted, EngineError> {
+        let Attempt {
+            step,
+            direction,
+            number,
+            input,
+        } = a;
         let def = &self.def.steps[step];
         let label = match direction {
             Direction::Forward => def.name,
             Direction::Compensation => def.compensation.unwrap_or(def.name),
         };
         let request_id = request_id(&saga.saga_id, def.name, direction);
+        let undo = (state.steps[step].clone(), saga.step_index);
         {
             let s = &mut state.steps[step];
             match direction {
@@ -566,29 +635,25 @@ impl Engine {
             Direction::Forward => "step_started",
             Direction::Compensation => "compensation_step_started",
         };
-        let note = format!("attempt {number}");
-        if !self
-            .save(
-                saga,
-                state,
-                owner,
-                Some((&attempt, true)),
-                (kind, label, &note),
-            )
-            .await?
-        {
-            return Ok(None);
+        let mut ahead = before.clone();
+        ahead.steps.push(step);
+        ahead.started = Some(attempt.clone());
+        ahead.event(kind, label, format!("attempt {number}"), &saga.status);
+        if !self.save(saga, state, owner, &ahead, false).await? {
+            let pivot = direction == Direction::Forward && step == self.def.pivot();
+            if !pivot {
+                return Ok(Attempted::Fenced);
+            }
+            // A cancel may have beaten the pivot: store what came before without the
+            // write-ahead; the next decision compensates.
+            state.steps[step] = undo.0;
+            saga.step_index = undo.1;
+            if !self.save(saga, state, owner, &before, false).await? {
+                return Ok(Attempted::Fenced);
+            }
+            return Ok(Attempted::Cancelled);
         }
-        saga.version += 1;
-        if direction == Direction::Forward && step == self.def.pivot() {
-            saga.pivot_started = true;
-        }
-        self.config.crash_points.hit("after_write_ahead", def.name);
 
-        let input: Value = serde_json::from_str(&saga.input)
-            .map_err(|e| EngineError::Corrupt(saga.saga_id.clone(), e.to_string()))?;
-        let mut outputs: serde_json::Map<String, Value> = serde_json::from_str(&saga.outputs)
-            .map_err(|e| EngineError::Corrupt(saga.saga_id.clone(), e.to_string()))?;
         let span = tracing::info_span!(
             "saga.step",
             otel.name = %label,
@@ -606,8 +671,8 @@ impl Engine {
                 step: def.name,
                 direction,
                 request_id: &request_id,
-                input: &input,
-                outputs: &outputs,
+                input,
+                outputs,
                 timeout: def.timeout,
             })
             .instrument(span)
@@ -624,9 +689,10 @@ impl Engine {
                 attr("outcome", outcome.as_str()),
             ],
         );
-        if let (Ok(output), Direction::Forward) = (&result, direction) {
-            outputs.insert(def.name.to_owned(), output.clone());
-            saga.outputs = Value::Object(outputs).to_string();
+        if let (Ok(output), Direction::Forward) = (result, direction) {
+            outputs.insert(def.name.to_owned(), output);
+            saga.outputs = serde_json::to_string(&*outputs)
+                .map_err(|e| EngineError::Corrupt(saga.saga_id.clone(), e.to_string()))?;
         }
         let transition = machine::apply(
             &self.def, state, step, direction, outcome, &reason, &message,
@@ -636,26 +702,24 @@ impl Engine {
         attempt.message = message.clone();
         attempt.ended_at = Some(now_millis());
         saga.step_index = i64::try_from(state.step_index).unwrap_or(i64::MAX);
-        let (kind, note) = match (&transition, direction, outcome) {
-            (Transition::Continue, Direction::Forward, _) => ("step_succeeded", String::new()),
-            (Transition::Continue, Direction::Compensation, _) => {
-                ("step_compensated", String::new())
-            }
-            (Transition::RetryAfter(d), _, _) => {
+        let (kind, note) = match (&transition, direction) {
+            (Transition::Continue, Direction::Forward) => ("step_succeeded", String::new()),
+            (Transition::Continue, Direction::Compensation) => ("step_compensated", String::new()),
+            (Transition::RetryAfter(d), _) => {
                 saga.next_attempt_at = now_millis().saturating_add(millis(*d));
                 (
                     "step_retry_scheduled",
                     format!("{reason}: {message}; retry in {} ms", d.as_millis()),
                 )
             }
-            (Transition::Compensate(failure), _, _) => {
+            (Transition::Compensate(failure), _) => {
                 self.begin_compensation(saga, failure);
                 (
                     "step_failed",
                     format!("{}: {}", failure.reason, failure.message),
                 )
             }
-            (Transition::Park(failure), _, _) => {
+            (Transition::Park(failure), _) => {
                 metrics().parked.add(1, &[attr("step", def.name)]);
                 saga.status = SagaStatus::NeedsAttention.as_str().to_owned();
                 saga.failure_reason = failure.reason.clone();
@@ -664,20 +728,78 @@ impl Engine {
                 ("parked", format!("{}: {}", failure.reason, failure.message))
             }
         };
-        if !self
-            .save(
-                saga,
-                state,
-                owner,
-                Some((&attempt, false)),
-                (kind, label, &note),
-            )
-            .await?
-        {
-            return Ok(None);
+        let mut after = Pending::default();
+        after.steps.push(step);
+        after.finished.push(attempt);
+        after.event(kind, label, note, &saga.status);
+        match transition {
+            Transition::Continue | Transition::Compensate(_) => Ok(Attempted::Recorded(after)),
+            Transition::RetryAfter(delay) => {
+                if !self.save(saga, state, owner, &after, false).await? {
+                    return Ok(Attempted::Fenced);
+                }
+                Ok(Attempted::RetryAfter(delay))
+            }
+            Transition::Park(_) => {
+                if !self.save(saga, state, owner, &after, true).await? {
+                    return Ok(Attempted::Fenced);
+                }
+                Ok(Attempted::Parked)
+            }
         }
-        saga.version += 1;
-        self.config.crash_points.hit("after_record", def.name);
-        Ok(Some(transition))
+    }
+}
+
+/// How driving a saga ended.
+enum Stop {
+    /// The saga is over or parked and its lease was given back with the last write.
+    Released,
+    /// The driver stopped holding (or having lost) the lease.
+    Held,
+}
+
+/// The attempt to make.
+struct Attempt<'a> {
+    step: usize,
+    direction: Direction,
+    number: u32,
+    input: &'a Value,
+}
+
+/// What an attempt came to.
+enum Attempted {
+    /// The saga was taken from this driver.
+    Fenced,
+    /// A cancel beat the pivot's write-ahead; nothing was sent.
+    Cancelled,
+    /// The result, to be stored with the next write.
+    Recorded(Pending),
+    /// The result is stored; the same step is due again after the delay.
+    RetryAfter(Duration),
+    /// The result is stored and the saga parked for an operator.
+    Parked,
+}
+
+/// Records waiting to be stored with the saga's next write.
+#[derive(Debug, Default, Clone)]
+struct Pending {
+    steps: Vec<usize>,
+    finished: Vec<AttemptRow>,
+    started: Option<AttemptRow>,
+    events: Vec<NewEvent>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.finished.is_empty() && self.events.is_empty()
+    }
+
+    fn event(&mut self, kind: &'static str, step: &str, message: String, status: &str) {
+        self.events.push(NewEvent {
+            kind,
+            step: step.to_owned(),
+            message,
+            status: status.to_owned(),
+        });
     }
 }

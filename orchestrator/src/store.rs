@@ -252,24 +252,28 @@ pub async fn append_event(
     Ok(())
 }
 
-/// Writes the saga's mutable columns if `owner` still holds it at `version`; extends the lease.
-/// False when fenced off (the lease was lost, or — for the pivot's write-ahead — a cancel came
-/// first).
+/// Writes the saga's mutable columns if `owner` still holds it at `version`; extends the lease,
+/// or gives it back with `release`. `None` when fenced off (the lease was lost, or — for the
+/// pivot's write-ahead — a cancel came first); otherwise whether a cancel was asked for.
 pub async fn save_saga(
     tx: &mut Tx,
     s: &SagaRow,
     owner: &str,
     lease_expires_at: i64,
     require_no_cancel: bool,
-) -> Result<bool, DbError> {
-    let n = on_backend!(tx, conn => {
-        sqlx::query(
+    release: bool,
+) -> Result<Option<bool>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_scalar(
             "UPDATE sagas SET status = $4, direction = $5, step_index = $6, outputs = $7, \
                failure_reason = $8, failure_message = $9, failure_step = $10, \
-               pivot_started = $11, next_attempt_at = $12, lease_expires_at = $13, \
+               pivot_started = $11, next_attempt_at = $12, \
+               lease_owner = CASE WHEN $16 THEN NULL ELSE lease_owner END, \
+               lease_expires_at = CASE WHEN $16 THEN 0 ELSE $13 END, \
                version = version + 1, updated_at = $14 \
              WHERE saga_id = $1 AND version = $2 AND lease_owner = $3 \
-               AND (cancel_requested = FALSE OR $15 = FALSE)",
+               AND (cancel_requested = FALSE OR $15 = FALSE) \
+             RETURNING cancel_requested",
         )
         .bind(&s.saga_id)
         .bind(s.version)
@@ -286,11 +290,10 @@ pub async fn save_saga(
         .bind(lease_expires_at)
         .bind(s.updated_at)
         .bind(require_no_cancel)
-        .execute(&mut *conn)
+        .bind(release)
+        .fetch_optional(&mut *conn)
         .await?
-        .rows_affected()
-    });
-    Ok(n == 1)
+    }))
 }
 
 /// Writes a step's state.
