@@ -19,7 +19,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::checkout_saga::{CheckoutInput, SAGA_TYPE};
 use crate::runner::Engine;
 use crate::saga::machine::{Direction, SagaStatus};
-use crate::store::{self, SagaRow};
+use crate::store::{self, EventRow, SagaRow};
 use crate::view;
 
 const START: &str = "/checkout.checkout.v1.CheckoutService/StartCheckout";
@@ -104,41 +104,39 @@ impl CheckoutApi {
     /// Waits until the checkout is terminal or parked, or `wait` passes; then its state. Only
     /// the saga's status is read while waiting; the full view once, at the end.
     async fn await_outcome(&self, checkout_id: &str, wait: Duration) -> Result<Checkout, Status> {
-        let mut changes = self.engine.subscribe();
+        let settled = |status: &str| {
+            matches!(
+                SagaStatus::parse(status),
+                Some(SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention)
+            )
+        };
+        // Watching before the first read, so no change falls between the two.
+        let mut watch = self.engine.watch(checkout_id);
         let deadline = tokio::time::Instant::now() + wait;
+        let mut notice: Option<String> = None;
         while tokio::time::Instant::now() < deadline {
-            let mut tx = self.db.begin_read().await.map_err(db_status)?;
-            let saga = store::saga(&mut tx, checkout_id).await.map_err(db_status)?;
-            tx.rollback().await.map_err(db_status)?;
-            let settled = saga.as_ref().is_none_or(|s| {
-                matches!(
-                    SagaStatus::parse(&s.status),
-                    Some(
-                        SagaStatus::Completed
-                            | SagaStatus::Compensated
-                            | SagaStatus::NeedsAttention
-                    )
-                )
-            });
-            if settled {
+            let status = match notice.take() {
+                Some(status) => status,
+                None => {
+                    let mut tx = self.db.begin_read().await.map_err(db_status)?;
+                    let saga = store::saga(&mut tx, checkout_id).await.map_err(db_status)?;
+                    tx.rollback().await.map_err(db_status)?;
+                    match saga {
+                        Some(saga) => saga.status,
+                        None => break,
+                    }
+                }
+            };
+            if settled(&status) {
                 break;
             }
-            // Woken by this replica's engine, or by the poll for other replicas.
-            let _ =
-                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + POLL), async {
-                    loop {
-                        match changes.recv().await {
-                            Ok(id) if id == checkout_id => return,
-                            Ok(_) => {}
-                            // Lagged behind other sagas' news: look again.
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                                std::future::pending::<()>().await;
-                            }
-                        }
-                    }
-                })
-                .await;
+            // Woken by this replica's engine (which says the new status), or by the poll for
+            // changes made elsewhere (then the saga is read again).
+            let wake = deadline.min(tokio::time::Instant::now() + POLL);
+            notice = tokio::time::timeout_at(wake, watch.changed())
+                .await
+                .ok()
+                .flatten();
         }
         self.current(checkout_id, None).await
     }
@@ -200,7 +198,7 @@ impl CheckoutService for CheckoutApi {
         let def = self.engine.definition();
         let owner = self.engine.config().replica_id.clone();
         let lease_ttl = self.engine.config().lease_ttl;
-        let mut created = false;
+        let mut created = None;
         let started = idempotent!(self.idempotency, key, |tx| {
             let now = now_millis();
             let saga = SagaRow {
@@ -232,37 +230,42 @@ impl CheckoutService for CheckoutApi {
                 updated_at: now,
             };
             let names: Vec<&str> = def.steps.iter().map(|s| s.name).collect();
-            store::insert_saga(tx, &saga, &names)
+            let steps = store::insert_saga(tx, &saga, &names)
                 .await
                 .map_err(db_status)?;
             crate::metrics::metrics().started.add(1, &[]);
-            created = true;
+            let accepted = EventRow {
+                sequence: 1,
+                at: now,
+                kind: "accepted".to_owned(),
+                step: String::new(),
+                message: "checkout accepted".to_owned(),
+                status: saga.status.clone(),
+            };
             store::append_event(
                 tx,
                 &saga.saga_id,
                 "accepted",
-                "",
-                "checkout accepted",
-                &saga.status,
+                &accepted.step,
+                &accepted.message,
+                &accepted.status,
                 now,
             )
             .await
             .map_err(db_status)?;
-            let steps = store::steps(tx, &saga.saga_id).await.map_err(db_status)?;
-            let events = store::events_after(tx, &saga.saga_id, 0)
-                .await
-                .map_err(db_status)?;
-            Ok(StartCheckoutResponse {
-                checkout: Some(view::checkout(def, &saga, &steps, &[], &events)),
-            })
+            let answer = StartCheckoutResponse {
+                checkout: Some(view::checkout(def, &saga, &steps, &[], &[accepted])),
+            };
+            created = Some(saga);
+            Ok(answer)
         })?;
         let checkout_id = started
             .checkout
             .as_ref()
             .map(|c| c.checkout_id.clone())
             .unwrap_or_default();
-        if created && !checkout_id.is_empty() {
-            self.engine.start_new(&checkout_id);
+        if let Some(saga) = created {
+            self.engine.start_new(saga);
         } else {
             // A retried request whose saga may still need a driver.
             self.engine.start(&checkout_id);
@@ -306,7 +309,7 @@ impl CheckoutService for CheckoutApi {
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let db = self.db.clone();
-        let mut changes = self.engine.subscribe();
+        let mut watch = self.engine.watch(&req.checkout_id);
         let checkout_id = req.checkout_id.clone();
         tokio::spawn(async move {
             let mut seen = 0_i64;
@@ -343,14 +346,7 @@ impl CheckoutService for CheckoutApi {
                 if over {
                     return;
                 }
-                let _ = tokio::time::timeout(POLL, async {
-                    while let Ok(id) = changes.recv().await {
-                        if id == checkout_id {
-                            return;
-                        }
-                    }
-                })
-                .await;
+                let _ = tokio::time::timeout(POLL, watch.changed()).await;
             }
         });
         Ok(Response::new(Box::pin(
@@ -515,7 +511,7 @@ impl CheckoutService for CheckoutApi {
                 } else {
                     step.forward_retry_base = step.forward_attempts;
                 }
-                store::save_step(tx, &saga.saga_id, step)
+                store::save_steps(tx, &[(saga.saga_id.as_str(), &*step)])
                     .await
                     .map_err(db_status)?;
             }

@@ -11,26 +11,16 @@
 
 use std::sync::Arc;
 
-use checkout_kit::db::{Backend, Db, DbError, Tx, now_millis};
+use std::collections::HashMap;
+
+use checkout_kit::db::{Backend, Db, DbError, now_millis};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::store::{self, AttemptRow, SagaRow, StepRow};
+pub use crate::store::NewEvent;
+use crate::store::{self, AttemptRow, SagaRow, SagaSave, StepRow};
 
 /// Most writes committed in one transaction: bounds the time a batch holds the database.
 const MAX_BATCH: usize = 128;
-
-/// A timeline event to append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    /// What happened.
-    pub kind: &'static str,
-    /// The step concerned.
-    pub step: String,
-    /// Details.
-    pub message: String,
-    /// The saga's status after the event.
-    pub status: String,
-}
 
 /// Everything one driver stores at one point of its saga, atomically.
 #[derive(Debug, Clone)]
@@ -167,41 +157,53 @@ async fn commit(db: &Db, batch: Vec<Entry>) {
 }
 
 async fn store_all(db: &Db, writes: &[&SagaWrite]) -> Result<Vec<Saved>, DbError> {
+    let saves: Vec<SagaSave<'_>> = writes
+        .iter()
+        .map(|w| SagaSave {
+            saga: &w.saga,
+            owner: &w.owner,
+            lease_expires_at: w.lease_expires_at,
+            require_no_cancel: w.require_no_cancel,
+            release: w.release,
+        })
+        .collect();
     let mut tx = db.begin().await?;
-    let mut saved = Vec::with_capacity(writes.len());
-    for write in writes {
-        saved.push(store_one(&mut tx, write).await?);
-    }
+    let written: HashMap<String, bool> = store::save_sagas(&mut tx, &saves)
+        .await?
+        .into_iter()
+        .collect();
+    // A fenced-off write stores nothing else either.
+    let kept: Vec<&SagaWrite> = writes
+        .iter()
+        .copied()
+        .filter(|w| written.contains_key(&w.saga.saga_id))
+        .collect();
+    let steps: Vec<(&str, &StepRow)> = kept
+        .iter()
+        .flat_map(|w| w.steps.iter().map(|s| (w.saga.saga_id.as_str(), s)))
+        .collect();
+    store::save_steps(&mut tx, &steps).await?;
+    let attempts: Vec<(&str, &AttemptRow)> = kept
+        .iter()
+        .flat_map(|w| {
+            w.finished
+                .iter()
+                .chain(&w.started)
+                .map(|a| (w.saga.saga_id.as_str(), a))
+        })
+        .collect();
+    store::record_attempts(&mut tx, &attempts).await?;
+    let events: Vec<(&str, &NewEvent)> = kept
+        .iter()
+        .flat_map(|w| w.events.iter().map(|e| (w.saga.saga_id.as_str(), e)))
+        .collect();
+    store::append_events(&mut tx, &events, now_millis()).await?;
     tx.commit().await?;
-    Ok(saved)
-}
-
-async fn store_one(tx: &mut Tx, w: &SagaWrite) -> Result<Saved, DbError> {
-    let Some(cancel_requested) = store::save_saga(
-        tx,
-        &w.saga,
-        &w.owner,
-        w.lease_expires_at,
-        w.require_no_cancel,
-        w.release,
-    )
-    .await?
-    else {
-        return Ok(Saved::Fenced);
-    };
-    let saga_id = &w.saga.saga_id;
-    for step in &w.steps {
-        store::save_step(tx, saga_id, step).await?;
-    }
-    for attempt in &w.finished {
-        store::finish_attempt(tx, saga_id, attempt).await?;
-    }
-    if let Some(attempt) = &w.started {
-        store::insert_attempt(tx, saga_id, attempt).await?;
-    }
-    let now = now_millis();
-    for e in &w.events {
-        store::append_event(tx, saga_id, e.kind, &e.step, &e.message, &e.status, now).await?;
-    }
-    Ok(Saved::Written { cancel_requested })
+    Ok(writes
+        .iter()
+        .map(|w| match written.get(&w.saga.saga_id) {
+            Some(&cancel_requested) => Saved::Written { cancel_requested },
+            None => Saved::Fenced,
+        })
+        .collect())
 }

@@ -9,6 +9,7 @@
 //!   embedded in [`MIGRATIONS`].
 
 pub mod api;
+pub mod changes;
 pub mod checkout_saga;
 pub mod clients;
 pub mod journal;

@@ -12,17 +12,18 @@ use checkout_kit::shutdown::Shutdown;
 use checkout_kit::status::{error_chain, reason_of};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tonic::Status;
 
-use crate::journal::{Journal, NewEvent, SagaWrite, Saved};
+use crate::changes::{Changes, Watch};
+use crate::journal::{Journal, SagaWrite, Saved};
 use crate::metrics::{attr, metrics};
 use crate::saga::definition::SagaDef;
 use crate::saga::machine::{
     self, Decision, Direction, Failure, SagaState, SagaStatus, StepState, StepStatus, Transition,
 };
 use crate::saga::outcome::{Outcome, classify};
-use crate::store::{self, AttemptRow, SagaRow, StepRow};
+use crate::store::{self, AttemptRow, NewEvent, SagaRow, StepRow};
 use checkout_kit::telemetry;
 use tracing::Instrument;
 
@@ -147,7 +148,7 @@ pub struct Engine {
     permits: Arc<Semaphore>,
     /// Sagas this replica drives now; `true` asks the driver to look again when it ends.
     active: Arc<Mutex<HashMap<String, bool>>>,
-    changes: broadcast::Sender<String>,
+    changes: Changes,
 }
 
 impl std::fmt::Debug for Engine {
@@ -244,7 +245,6 @@ impl Engine {
         executor: Arc<dyn StepExecutor>,
         config: EngineConfig,
     ) -> Self {
-        let (changes, _) = broadcast::channel(1024);
         Self {
             journal: Journal::spawn(db.clone()),
             db,
@@ -253,7 +253,7 @@ impl Engine {
             executor,
             config,
             active: Arc::default(),
-            changes,
+            changes: Changes::default(),
         }
     }
 
@@ -267,29 +267,31 @@ impl Engine {
         &self.config
     }
 
-    /// Saga ids as their state changes on this replica (other replicas' changes are seen by
+    /// Watches one saga's changes on this replica (other replicas' changes are seen by
     /// polling).
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
-        self.changes.subscribe()
+    pub fn watch(&self, saga_id: &str) -> Watch {
+        self.changes.watch(saga_id)
     }
 
     /// Announces a change made outside the driver (a cancel, a retry).
     pub fn announce(&self, saga_id: &str) {
-        let _ = self.changes.send(saga_id.to_owned());
+        self.changes.publish(saga_id, None);
     }
 
     /// Drives a saga on a worker. If this replica drives it already, the driver looks again
     /// once it is done (a cancel or an operator retry may have arrived as it was finishing).
     pub fn start(&self, saga_id: &str) {
-        self.start_with(saga_id, true);
+        self.start_with(saga_id, Begin::Claim);
     }
 
-    /// Drives a saga this replica has just created, already leased to itself.
-    pub fn start_new(&self, saga_id: &str) {
-        self.start_with(saga_id, false);
+    /// Drives a saga this replica has just stored, leased to itself, as `saga` shows it: it
+    /// is neither claimed nor read back.
+    pub fn start_new(&self, saga: SagaRow) {
+        let saga_id = saga.saga_id.clone();
+        self.start_with(&saga_id, Begin::Fresh(Box::new(saga)));
     }
 
-    fn start_with(&self, saga_id: &str, claim: bool) {
+    fn start_with(&self, saga_id: &str, begin: Begin) {
         {
             let Ok(mut active) = self.active.lock() else {
                 return;
@@ -303,18 +305,18 @@ impl Engine {
         let engine = self.clone();
         let saga_id = saga_id.to_owned();
         tokio::spawn(async move {
-            let mut claim = claim;
+            let mut begin = Some(begin);
             loop {
                 if let Ok(_permit) = engine.permits.clone().acquire_owned().await
-                    && let Err(e) = engine.drive_from(&saga_id, claim).await
+                    && let Err(e) = engine
+                        .drive_from(&saga_id, begin.take().unwrap_or(Begin::Claim))
+                        .await
                 {
                     tracing::warn!(%saga_id, error = %error_chain(&e), "driving the saga stopped; the sweeper resumes it");
                 }
                 let Ok(mut active) = engine.active.lock() else {
                     return;
                 };
-                // Looking again means taking the lease again: it was given back.
-                claim = true;
                 match active.get_mut(&saga_id) {
                     Some(again) if *again => *again = false,
                     _ => {
@@ -373,7 +375,8 @@ impl Engine {
     /// Takes a saga's lease; attempts a crashed driver left in flight are marked ambiguous.
     async fn claim(&self, saga_id: &str, owner: &str) -> Result<bool, EngineError> {
         let mut tx = self.db.begin().await?;
-        let claimed = store::claim(&mut tx, saga_id, owner, self.lease_until(), now_millis()).await?;
+        let claimed =
+            store::claim(&mut tx, saga_id, owner, self.lease_until(), now_millis()).await?;
         if claimed {
             // Attempts a crashed driver left in flight may have taken effect.
             let interrupted = store::interrupt_in_flight(&mut tx, saga_id, now_millis()).await?;
@@ -381,7 +384,7 @@ impl Engine {
                 let mut steps = store::steps(&mut tx, saga_id).await?;
                 if let Some(row) = steps.get_mut(index(step)) {
                     row.may_have_applied = true;
-                    store::save_step(&mut tx, saga_id, row).await?;
+                    store::save_steps(&mut tx, &[(saga_id, row)]).await?;
                 }
             }
         }
@@ -391,17 +394,25 @@ impl Engine {
 
     /// Drives one saga until it is over, parked, or taken over.
     pub async fn drive(&self, saga_id: &str) -> Result<(), EngineError> {
-        self.drive_from(saga_id, true).await
+        self.drive_from(saga_id, Begin::Claim).await
     }
 
-    /// `claim` is false only for a saga this replica has just created already leased to
-    /// itself: nothing of it can be in flight, so there is nothing to take over.
-    async fn drive_from(&self, saga_id: &str, claim: bool) -> Result<(), EngineError> {
+    async fn drive_from(&self, saga_id: &str, begin: Begin) -> Result<(), EngineError> {
         let owner = self.config.replica_id.clone();
-        if claim && !self.claim(saga_id, &owner).await? {
-            return Ok(());
-        }
-        let (saga, steps) = self.load(saga_id).await?;
+        let (saga, steps) = match begin {
+            Begin::Claim => {
+                if !self.claim(saga_id, &owner).await? {
+                    return Ok(());
+                }
+                self.load(saga_id).await?
+            }
+            Begin::Fresh(saga) => {
+                let steps = (0..self.def.steps.len())
+                    .map(|i| step_row(i, self.def.steps[i].name, &StepState::NEW))
+                    .collect();
+                (*saga, steps)
+            }
+        };
         if saga.lease_owner.as_deref() != Some(owner.as_str()) {
             return Ok(());
         }
@@ -416,8 +427,8 @@ impl Engine {
             let mut tx = self.db.begin().await?;
             store::release(&mut tx, saga_id, &owner).await?;
             tx.commit().await?;
+            self.announce(saga_id);
         }
-        self.announce(saga_id);
         result.map(|_| ())
     }
 
@@ -427,7 +438,8 @@ impl Engine {
         steps: Vec<StepRow>,
         owner: &str,
     ) -> Result<Stop, EngineError> {
-        let corrupt = |e: serde_json::Error| EngineError::Corrupt(saga.saga_id.clone(), e.to_string());
+        let corrupt =
+            |e: serde_json::Error| EngineError::Corrupt(saga.saga_id.clone(), e.to_string());
         let input: Value = serde_json::from_str(&saga.input).map_err(corrupt)?;
         let mut outputs: serde_json::Map<String, Value> =
             serde_json::from_str(&saga.outputs).map_err(corrupt)?;
@@ -459,7 +471,11 @@ impl Engine {
                         saga.status = SagaStatus::Compensated.as_str().to_owned();
                         format!("every step was undone ({})", saga.failure_reason)
                     };
-                    let kind = if completed { "completed" } else { "compensated" };
+                    let kind = if completed {
+                        "completed"
+                    } else {
+                        "compensated"
+                    };
                     pending.event(kind, "", message, &saga.status);
                     if !self
                         .save(&mut saga, &mut state, owner, &pending, true)
@@ -567,7 +583,8 @@ impl Engine {
         if release {
             saga.lease_owner = None;
         }
-        self.announce(&saga.saga_id);
+        self.changes
+            .publish(&saga.saga_id, Some(saga.status.clone()));
         for a in &pending.finished {
             let step = self.def.steps[index(a.step_index)].name;
             self.config.crash_points.hit("after_record", step);
@@ -748,6 +765,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// How a driver comes by its saga.
+#[derive(Debug)]
+enum Begin {
+    /// Take the lease (a crashed driver's attempts in flight become ambiguous), then read.
+    Claim,
+    /// A saga this replica has just stored, leased to itself: nothing of it can be in flight.
+    Fresh(Box<SagaRow>),
 }
 
 /// How driving a saga ended.

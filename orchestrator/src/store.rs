@@ -119,8 +119,12 @@ const SAGA_COLUMNS: &str = "saga_id, saga_type, cart_id, customer_id, status, di
      cancel_requested, pivot_started, deadline_at, next_attempt_at, lease_owner, \
      lease_expires_at, version, trace_context, created_at, updated_at";
 
-/// Inserts a new saga and its steps.
-pub async fn insert_saga(tx: &mut Tx, s: &SagaRow, steps: &[&str]) -> Result<(), DbError> {
+/// Inserts a new saga and its steps, all pending; returns the steps.
+pub async fn insert_saga(
+    tx: &mut Tx,
+    s: &SagaRow,
+    steps: &[&str],
+) -> Result<Vec<StepRow>, DbError> {
     let sql = format!(
         "INSERT INTO sagas ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
          $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
@@ -152,22 +156,43 @@ pub async fn insert_saga(tx: &mut Tx, s: &SagaRow, steps: &[&str]) -> Result<(),
             .execute(&mut *conn)
             .await?;
     });
-    for (i, name) in steps.iter().enumerate() {
-        on_backend!(tx, conn => {
-            sqlx::query(
-                "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
-                   compensation_attempts, forward_retry_base, compensation_retry_base, \
-                   may_have_applied) \
-                 VALUES ($1, $2, $3, 'pending', 0, 0, 0, 0, FALSE)",
-            )
-            .bind(&s.saga_id)
-            .bind(i64::try_from(i).unwrap_or(i64::MAX))
-            .bind(*name)
-            .execute(&mut *conn)
-            .await?;
-        });
-    }
-    Ok(())
+    let rows: Vec<StepRow> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, name)| StepRow {
+            step_index: i64::try_from(i).unwrap_or(i64::MAX),
+            name: (*name).to_owned(),
+            status: "pending".to_owned(),
+            forward_attempts: 0,
+            compensation_attempts: 0,
+            forward_retry_base: 0,
+            compensation_retry_base: 0,
+            may_have_applied: false,
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
+           compensation_attempts, forward_retry_base, compensation_retry_base, may_have_applied) \
+         VALUES {}",
+        placeholders(rows.len(), 9)
+    );
+    on_backend!(tx, conn => {
+        let mut q = sqlx::query(&sql);
+        for r in &rows {
+            q = q
+                .bind(&s.saga_id)
+                .bind(r.step_index)
+                .bind(&r.name)
+                .bind(&r.status)
+                .bind(r.forward_attempts)
+                .bind(r.compensation_attempts)
+                .bind(r.forward_retry_base)
+                .bind(r.compensation_retry_base)
+                .bind(r.may_have_applied);
+        }
+        q.execute(&mut *conn).await?;
+    });
+    Ok(rows)
 }
 
 /// A saga.
@@ -224,142 +249,235 @@ pub async fn events_after(
     }))
 }
 
-/// Appends an event to a saga's timeline.
+/// A timeline event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: &'static str,
+    /// The step concerned.
+    pub step: String,
+    /// Details.
+    pub message: String,
+    /// The saga's status after the event.
+    pub status: String,
+}
+
+/// A fenced write of a saga's mutable columns.
+#[derive(Debug, Clone, Copy)]
+pub struct SagaSave<'a> {
+    /// The new columns; `version` is the one the writer holds.
+    pub saga: &'a SagaRow,
+    /// The replica that must hold the lease.
+    pub owner: &'a str,
+    /// The lease's new end.
+    pub lease_expires_at: i64,
+    /// Refuse the write if a cancel was asked for (the pivot's write-ahead).
+    pub require_no_cancel: bool,
+    /// Give the lease back.
+    pub release: bool,
+}
+
+/// `($1, …, $cols), …` for `rows` rows: the VALUES list of a multi-row statement.
+fn placeholders(rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(r * cols + c + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Writes many sagas' mutable columns in one statement, each only if its writer still holds it
+/// at its version (and, for the pivot's write-ahead, no cancel came first); extends each lease,
+/// or gives it back. Returns the sagas written, with whether a cancel was asked for by now;
+/// those missing were fenced off.
+pub async fn save_sagas(
+    tx: &mut Tx,
+    saves: &[SagaSave<'_>],
+) -> Result<Vec<(String, bool)>, DbError> {
+    if saves.is_empty() {
+        return Ok(Vec::new());
+    }
+    // VALUES columns are named column1, column2, … on both backends.
+    let sql = format!(
+        "UPDATE sagas SET status = v.column4, direction = v.column5, step_index = v.column6, \
+           outputs = v.column7, failure_reason = v.column8, failure_message = v.column9, \
+           failure_step = v.column10, pivot_started = v.column11, \
+           next_attempt_at = v.column12, \
+           lease_owner = CASE WHEN v.column16 THEN NULL ELSE sagas.lease_owner END, \
+           lease_expires_at = CASE WHEN v.column16 THEN 0 ELSE v.column13 END, \
+           version = sagas.version + 1, updated_at = v.column14 \
+         FROM (VALUES {}) AS v \
+         WHERE sagas.saga_id = v.column1 AND sagas.version = v.column2 \
+           AND sagas.lease_owner = v.column3 \
+           AND (sagas.cancel_requested = FALSE OR v.column15 = FALSE) \
+         RETURNING sagas.saga_id, sagas.cancel_requested",
+        placeholders(saves.len(), 16)
+    );
+    Ok(on_backend!(tx, conn => {
+        let mut q = sqlx::query_as(&sql);
+        for w in saves {
+            let s = w.saga;
+            q = q
+                .bind(&s.saga_id)
+                .bind(s.version)
+                .bind(w.owner)
+                .bind(&s.status)
+                .bind(&s.direction)
+                .bind(s.step_index)
+                .bind(&s.outputs)
+                .bind(&s.failure_reason)
+                .bind(&s.failure_message)
+                .bind(&s.failure_step)
+                .bind(s.pivot_started)
+                .bind(s.next_attempt_at)
+                .bind(w.lease_expires_at)
+                .bind(s.updated_at)
+                .bind(w.require_no_cancel)
+                .bind(w.release);
+        }
+        q.fetch_all(&mut *conn).await?
+    }))
+}
+
+/// Writes steps' state, of one saga or many, in one statement.
+pub async fn save_steps(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), DbError> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE saga_steps SET status = v.column3, forward_attempts = v.column4, \
+           compensation_attempts = v.column5, forward_retry_base = v.column6, \
+           compensation_retry_base = v.column7, may_have_applied = v.column8 \
+         FROM (VALUES {}) AS v \
+         WHERE saga_steps.saga_id = v.column1 AND saga_steps.step_index = v.column2",
+        placeholders(steps.len(), 8)
+    );
+    on_backend!(tx, conn => {
+        let mut q = sqlx::query(&sql);
+        for (saga_id, step) in steps {
+            q = q
+                .bind(*saga_id)
+                .bind(step.step_index)
+                .bind(&step.status)
+                .bind(step.forward_attempts)
+                .bind(step.compensation_attempts)
+                .bind(step.forward_retry_base)
+                .bind(step.compensation_retry_base)
+                .bind(step.may_have_applied);
+        }
+        q.execute(&mut *conn).await?;
+    });
+    Ok(())
+}
+
+/// Stores attempts, of one saga or many, in one statement: a new one written ahead of its
+/// command, or a known one's result.
+pub async fn record_attempts(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> Result<(), DbError> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO saga_attempts (saga_id, step_index, direction, number, request_id, \
+           outcome, status_code, message, started_at, ended_at) \
+         VALUES {} \
+         ON CONFLICT (saga_id, step_index, direction, number) DO UPDATE SET \
+           outcome = excluded.outcome, status_code = excluded.status_code, \
+           message = excluded.message, ended_at = excluded.ended_at",
+        placeholders(attempts.len(), 10)
+    );
+    on_backend!(tx, conn => {
+        let mut q = sqlx::query(&sql);
+        for (saga_id, a) in attempts {
+            q = q
+                .bind(*saga_id)
+                .bind(a.step_index)
+                .bind(&a.direction)
+                .bind(a.number)
+                .bind(&a.request_id)
+                .bind(&a.outcome)
+                .bind(&a.status_code)
+                .bind(&a.message)
+                .bind(a.started_at)
+                .bind(a.ended_at);
+        }
+        q.execute(&mut *conn).await?;
+    });
+    Ok(())
+}
+
+/// Appends one event to a saga's timeline.
 pub async fn append_event(
     tx: &mut Tx,
     saga_id: &str,
-    kind: &str,
+    kind: &'static str,
     step: &str,
     message: &str,
     status: &str,
     at: i64,
 ) -> Result<(), DbError> {
-    on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO saga_events (saga_id, sequence, at, kind, step, message, status) \
-             VALUES ($1, (SELECT COALESCE(MAX(sequence), 0) + 1 FROM saga_events \
-                          WHERE saga_id = $1), $2, $3, $4, $5, $6)",
-        )
-        .bind(saga_id)
-        .bind(at)
-        .bind(kind)
-        .bind(step)
-        .bind(message)
-        .bind(status)
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
+    let event = NewEvent {
+        kind,
+        step: step.to_owned(),
+        message: message.to_owned(),
+        status: status.to_owned(),
+    };
+    append_events(tx, &[(saga_id, &event)], at).await
 }
 
-/// Writes the saga's mutable columns if `owner` still holds it at `version`; extends the lease,
-/// or gives it back with `release`. `None` when fenced off (the lease was lost, or — for the
-/// pivot's write-ahead — a cancel came first); otherwise whether a cancel was asked for.
-pub async fn save_saga(
+/// Appends events to sagas' timelines in one statement, each saga's in the order given, after
+/// what its timeline holds.
+pub async fn append_events(
     tx: &mut Tx,
-    s: &SagaRow,
-    owner: &str,
-    lease_expires_at: i64,
-    require_no_cancel: bool,
-    release: bool,
-) -> Result<Option<bool>, DbError> {
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_scalar(
-            "UPDATE sagas SET status = $4, direction = $5, step_index = $6, outputs = $7, \
-               failure_reason = $8, failure_message = $9, failure_step = $10, \
-               pivot_started = $11, next_attempt_at = $12, \
-               lease_owner = CASE WHEN $16 THEN NULL ELSE lease_owner END, \
-               lease_expires_at = CASE WHEN $16 THEN 0 ELSE $13 END, \
-               version = version + 1, updated_at = $14 \
-             WHERE saga_id = $1 AND version = $2 AND lease_owner = $3 \
-               AND (cancel_requested = FALSE OR $15 = FALSE) \
-             RETURNING cancel_requested",
-        )
-        .bind(&s.saga_id)
-        .bind(s.version)
-        .bind(owner)
-        .bind(&s.status)
-        .bind(&s.direction)
-        .bind(s.step_index)
-        .bind(&s.outputs)
-        .bind(&s.failure_reason)
-        .bind(&s.failure_message)
-        .bind(&s.failure_step)
-        .bind(s.pivot_started)
-        .bind(s.next_attempt_at)
-        .bind(lease_expires_at)
-        .bind(s.updated_at)
-        .bind(require_no_cancel)
-        .bind(release)
-        .fetch_optional(&mut *conn)
-        .await?
-    }))
-}
-
-/// Writes a step's state.
-pub async fn save_step(tx: &mut Tx, saga_id: &str, step: &StepRow) -> Result<(), DbError> {
+    events: &[(&str, &NewEvent)],
+    at: i64,
+) -> Result<(), DbError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // The nth event of a saga in this statement goes n after the saga's last; the subquery reads
+    // the timeline as it was before the statement on both backends.
+    let mut seen: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let ordinal: Vec<i64> = events
+        .iter()
+        .map(|(saga_id, _)| {
+            let n = seen.entry(saga_id).or_default();
+            *n += 1;
+            *n
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO saga_events (saga_id, sequence, at, kind, step, message, status) \
+         SELECT v.column1, \
+           COALESCE((SELECT MAX(e.sequence) FROM saga_events e WHERE e.saga_id = v.column1), 0) \
+             + v.column2, \
+           v.column3, v.column4, v.column5, v.column6, v.column7 \
+         FROM (VALUES {}) AS v",
+        placeholders(events.len(), 7)
+    );
     on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE saga_steps SET status = $3, forward_attempts = $4, \
-               compensation_attempts = $5, forward_retry_base = $6, \
-               compensation_retry_base = $7, may_have_applied = $8 \
-             WHERE saga_id = $1 AND step_index = $2",
-        )
-        .bind(saga_id)
-        .bind(step.step_index)
-        .bind(&step.status)
-        .bind(step.forward_attempts)
-        .bind(step.compensation_attempts)
-        .bind(step.forward_retry_base)
-        .bind(step.compensation_retry_base)
-        .bind(step.may_have_applied)
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
-}
-
-/// Writes an attempt ahead of its command.
-pub async fn insert_attempt(tx: &mut Tx, saga_id: &str, a: &AttemptRow) -> Result<(), DbError> {
-    on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO saga_attempts (saga_id, step_index, direction, number, request_id, \
-               outcome, status_code, message, started_at, ended_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(saga_id)
-        .bind(a.step_index)
-        .bind(&a.direction)
-        .bind(a.number)
-        .bind(&a.request_id)
-        .bind(&a.outcome)
-        .bind(&a.status_code)
-        .bind(&a.message)
-        .bind(a.started_at)
-        .bind(a.ended_at)
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
-}
-
-/// Records an attempt's result.
-pub async fn finish_attempt(tx: &mut Tx, saga_id: &str, a: &AttemptRow) -> Result<(), DbError> {
-    on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE saga_attempts SET outcome = $5, status_code = $6, message = $7, ended_at = $8 \
-             WHERE saga_id = $1 AND step_index = $2 AND direction = $3 AND number = $4",
-        )
-        .bind(saga_id)
-        .bind(a.step_index)
-        .bind(&a.direction)
-        .bind(a.number)
-        .bind(&a.outcome)
-        .bind(&a.status_code)
-        .bind(&a.message)
-        .bind(a.ended_at)
-        .execute(&mut *conn)
-        .await?;
+        let mut q = sqlx::query(&sql);
+        for ((saga_id, e), n) in events.iter().zip(&ordinal) {
+            q = q
+                .bind(*saga_id)
+                .bind(*n)
+                .bind(at)
+                .bind(e.kind)
+                .bind(&e.step)
+                .bind(&e.message)
+                .bind(&e.status);
+        }
+        q.execute(&mut *conn).await?;
     });
     Ok(())
 }

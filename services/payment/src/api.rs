@@ -130,16 +130,20 @@ impl PaymentService for PaymentServiceApi {
         v.finish()?;
         let key = Key::new(AUTHORIZE, &req)?;
         let amount = req.amount.clone().unwrap_or_default();
-        self.payments
-            .authorize(
-                key,
-                &req.checkout_id,
-                &req.customer_id,
-                &amount,
-                &req.payment_token,
-            )
-            .await
-            .map(Response::new)
+        let payments = self.payments.clone();
+        to_completion(async move {
+            payments
+                .authorize(
+                    key,
+                    &req.checkout_id,
+                    &req.customer_id,
+                    &amount,
+                    &req.payment_token,
+                )
+                .await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn capture_payment(
