@@ -1,7 +1,7 @@
 //! Every SQL statement of the orchestrator: sagas, their steps, attempts and timeline. Writes by
 //! the replica driving a saga are fenced by its lease and the saga's version.
 
-use checkout_kit::db::{DbError, Tx};
+use checkout_kit::db::{Backend, DbError, Tx};
 use checkout_kit::on_backend;
 
 /// A saga row.
@@ -174,7 +174,7 @@ pub async fn insert_saga(
         "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
            compensation_attempts, forward_retry_base, compensation_retry_base, may_have_applied) \
          VALUES {}",
-        placeholders(rows.len(), 9)
+        placeholders(tx.backend(), rows.len(), 9)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -277,8 +277,10 @@ pub struct SagaSave<'a> {
     pub release: bool,
 }
 
-/// `($1, …, $cols), …` for `rows` rows: the VALUES list of a multi-row statement.
-fn placeholders(rows: usize, cols: usize) -> String {
+/// The VALUES list of a multi-row statement: `rows` tuples of `cols` placeholders, numbered
+/// (`$1`) on Postgres and anonymous (`?`) on SQLite, where sqlx resolves each numbered one by a
+/// linear search and so makes large statements quadratic.
+fn placeholders(backend: Backend, rows: usize, cols: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -289,12 +291,31 @@ fn placeholders(rows: usize, cols: usize) -> String {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(r * cols + c + 1).to_string());
+            match backend {
+                Backend::Sqlite => out.push('?'),
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&(r * cols + c + 1).to_string());
+                }
+            }
         }
         out.push(')');
     }
     out
+}
+
+/// Splits rows into runs of 64, 32, …, 1, so multi-row statements come in a few shapes that
+/// stay in the prepared-statement cache.
+fn runs<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = 1 << rows.len().min(64).ilog2();
+        let (run, rest) = rows.split_at(size);
+        rows = rest;
+        Some(run)
+    })
 }
 
 /// Writes many sagas' mutable columns in one statement, each only if its writer still holds it
@@ -305,9 +326,17 @@ pub async fn save_sagas(
     tx: &mut Tx,
     saves: &[SagaSave<'_>],
 ) -> Result<Vec<(String, bool)>, DbError> {
-    if saves.is_empty() {
-        return Ok(Vec::new());
+    let mut written = Vec::with_capacity(saves.len());
+    for run in runs(saves) {
+        written.extend(save_saga_run(tx, run).await?);
     }
+    Ok(written)
+}
+
+async fn save_saga_run(
+    tx: &mut Tx,
+    saves: &[SagaSave<'_>],
+) -> Result<Vec<(String, bool)>, DbError> {
     // VALUES columns are named column1, column2, … on both backends.
     let sql = format!(
         "UPDATE sagas SET status = v.column4, direction = v.column5, step_index = v.column6, \
@@ -322,7 +351,7 @@ pub async fn save_sagas(
            AND sagas.lease_owner = v.column3 \
            AND (sagas.cancel_requested = FALSE OR v.column15 = FALSE) \
          RETURNING sagas.saga_id, sagas.cancel_requested",
-        placeholders(saves.len(), 16)
+        placeholders(tx.backend(), saves.len(), 16)
     );
     Ok(on_backend!(tx, conn => {
         let mut q = sqlx::query_as(&sql);
@@ -352,16 +381,20 @@ pub async fn save_sagas(
 
 /// Writes steps' state, of one saga or many, in one statement.
 pub async fn save_steps(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), DbError> {
-    if steps.is_empty() {
-        return Ok(());
+    for run in runs(steps) {
+        save_step_run(tx, run).await?;
     }
+    Ok(())
+}
+
+async fn save_step_run(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), DbError> {
     let sql = format!(
         "UPDATE saga_steps SET status = v.column3, forward_attempts = v.column4, \
            compensation_attempts = v.column5, forward_retry_base = v.column6, \
            compensation_retry_base = v.column7, may_have_applied = v.column8 \
          FROM (VALUES {}) AS v \
          WHERE saga_steps.saga_id = v.column1 AND saga_steps.step_index = v.column2",
-        placeholders(steps.len(), 8)
+        placeholders(tx.backend(), steps.len(), 8)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -384,9 +417,13 @@ pub async fn save_steps(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), D
 /// Stores attempts, of one saga or many, in one statement: a new one written ahead of its
 /// command, or a known one's result.
 pub async fn record_attempts(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> Result<(), DbError> {
-    if attempts.is_empty() {
-        return Ok(());
+    for run in runs(attempts) {
+        record_attempt_run(tx, run).await?;
     }
+    Ok(())
+}
+
+async fn record_attempt_run(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> Result<(), DbError> {
     let sql = format!(
         "INSERT INTO saga_attempts (saga_id, step_index, direction, number, request_id, \
            outcome, status_code, message, started_at, ended_at) \
@@ -394,7 +431,7 @@ pub async fn record_attempts(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> R
          ON CONFLICT (saga_id, step_index, direction, number) DO UPDATE SET \
            outcome = excluded.outcome, status_code = excluded.status_code, \
            message = excluded.message, ended_at = excluded.ended_at",
-        placeholders(attempts.len(), 10)
+        placeholders(tx.backend(), attempts.len(), 10)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -442,9 +479,17 @@ pub async fn append_events(
     events: &[(&str, &NewEvent)],
     at: i64,
 ) -> Result<(), DbError> {
-    if events.is_empty() {
-        return Ok(());
+    for run in runs(events) {
+        append_event_run(tx, run, at).await?;
     }
+    Ok(())
+}
+
+async fn append_event_run(
+    tx: &mut Tx,
+    events: &[(&str, &NewEvent)],
+    at: i64,
+) -> Result<(), DbError> {
     // The nth event of a saga in this statement goes n after the saga's last; the subquery reads
     // the timeline as it was before the statement on both backends.
     let mut seen: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
@@ -463,7 +508,7 @@ pub async fn append_events(
              + v.column2, \
            v.column3, v.column4, v.column5, v.column6, v.column7 \
          FROM (VALUES {}) AS v",
-        placeholders(events.len(), 7)
+        placeholders(tx.backend(), events.len(), 7)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -667,4 +712,32 @@ pub async fn audit_attempt_durations(tx: &mut Tx) -> Result<Vec<(i64, String, i6
         .fetch_all(&mut *conn)
         .await?
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_every_row_in_order_in_power_of_two_sizes() {
+        for n in 0..300_usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let sizes: Vec<usize> = runs(&rows).map(<[usize]>::len).collect();
+            assert!(
+                sizes.iter().all(|s| s.is_power_of_two() && *s <= 64),
+                "{n}: {sizes:?}"
+            );
+            let joined: Vec<usize> = runs(&rows).flatten().copied().collect();
+            assert_eq!(joined, rows);
+        }
+    }
+
+    #[test]
+    fn placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        assert_eq!(
+            placeholders(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+    }
 }
