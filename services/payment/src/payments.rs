@@ -165,16 +165,17 @@ impl Payments {
         T: Message + Default,
         F: for<'t> AsyncFnOnce(&'t mut Tx) -> Result<Result<PaymentRow, T>, PaymentError>,
     {
-        let mut exec = match self.idempotency.start::<T>(key).await? {
+        // The claim and the intent (payment row, recovery point) commit together.
+        let (mut exec, mut tx) = match self.idempotency.start::<T>(key).await? {
             Started::Replay(answer) => return Ok(Next::Done(answer)),
-            Started::Run(exec) => exec,
+            Started::Run(exec, tx) => (exec, tx),
         };
-        let mut tx = self.begin().await?;
         if exec.recovery_point() != STARTED {
             let payment_id =
                 String::from_utf8_lossy(exec.recovery_data().unwrap_or_default()).into_owned();
             let row = reload(&mut tx, &payment_id).await?;
-            tx.rollback()
+            // Commits the takeover of the claim.
+            tx.commit()
                 .await
                 .map_err(|e| Status::from(PaymentError::Db(e)))?;
             return Ok(Next::Call(exec, Box::new(row)));

@@ -8,8 +8,9 @@
 //!   in the same transaction and commits. The effect happens exactly once, and concurrent
 //!   duplicates wait for the first and then replay its answer. The [`idempotent!`] macro writes
 //!   this for a handler.
-//! * Effects outside the database (the payment processor): [`Idempotency::start`] commits the
-//!   claim at once and hands out an [`Execution`] with recovery points and a stable
+//! * Effects outside the database (the payment processor): [`Idempotency::start`] claims the
+//!   key in a transaction the caller commits with its intent, and hands out an [`Execution`]
+//!   with recovery points and a stable
 //!   [`external key`](Execution::external_key), so a crash between "recorded the intent" and
 //!   "recorded the processor's answer" resumes at the last recovery point with the same key.
 //!
@@ -99,7 +100,8 @@ pub enum Started<T> {
     /// The key was done before: its stored answer.
     Replay(Result<T, Status>),
     /// The key is ours (new, or taken over from a crashed holder): run or resume the effect.
-    Run(Execution<T>),
+    /// The claim is in the open transaction, which the caller commits (or finishes with).
+    Run(Execution<T>, Tx),
 }
 
 /// A committed claim of an effect outside the database, with its recovery point.
@@ -177,27 +179,34 @@ impl Idempotency {
         }
     }
 
-    /// Claims a key for an effect outside the database; the claim is committed at once.
+    /// Claims a key for an effect outside the database. The claim's transaction is handed over
+    /// open: the caller records its intent and a recovery point in it and commits, so the claim
+    /// and the intent are one durable write.
     pub async fn start<T: Message + Default>(&self, key: Key) -> Result<Started<T>, Status> {
         let mut tx = self.db.begin().await.map_err(db_status)?;
         let token = new_token();
         let outcome = store::claim(&mut tx, &key, &token, &self.config)
             .await
             .map_err(db_status)?;
-        tx.commit().await.map_err(db_status)?;
         match outcome {
             ClaimOutcome::Claimed {
                 recovery_point,
                 recovery_data,
-            } => Ok(Started::Run(Execution {
-                key,
-                lock_token: token,
-                lock_ttl: self.config.lock_ttl,
-                recovery_point,
-                recovery_data,
-                _answer: PhantomData,
-            })),
-            ClaimOutcome::Found(found) => Ok(Started::Replay(settle(&key, found)?)),
+            } => Ok(Started::Run(
+                Execution {
+                    key,
+                    lock_token: token,
+                    lock_ttl: self.config.lock_ttl,
+                    recovery_point,
+                    recovery_data,
+                    _answer: PhantomData,
+                },
+                tx,
+            )),
+            ClaimOutcome::Found(found) => {
+                tx.rollback().await.map_err(db_status)?;
+                Ok(Started::Replay(settle(&key, found)?))
+            }
         }
     }
 

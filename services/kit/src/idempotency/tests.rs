@@ -282,12 +282,11 @@ async fn a_live_lock_is_refused_and_a_stale_one_taken_over_at_its_recovery_point
     let request = request(&id(), 1);
     let key = || Key::new(SCOPE, &request).unwrap();
 
-    let Started::Run(mut first) = layer.start::<Cart>(key()).await.unwrap() else {
+    let Started::Run(mut first, mut tx) = layer.start::<Cart>(key()).await.unwrap() else {
         panic!("a new key runs");
     };
     assert_eq!(first.recovery_point(), STARTED);
     let processor_key = first.external_key();
-    let mut tx = db.begin().await.unwrap();
     record_effect(&mut tx, "intent").await.unwrap();
     first
         .checkpoint(&mut tx, "intent_recorded", Some(b"amount=100"))
@@ -303,9 +302,10 @@ async fn a_live_lock_is_refused_and_a_stale_one_taken_over_at_its_recovery_point
     // The holder "crashes"; once its lock is stale the next caller resumes where it stopped,
     // with the same key for the external system.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Started::Run(second) = layer.start::<Cart>(key()).await.unwrap() else {
+    let Started::Run(second, takeover) = layer.start::<Cart>(key()).await.unwrap() else {
         panic!("a stale key is taken over");
     };
+    takeover.commit().await.unwrap();
     assert_eq!(second.recovery_point(), "intent_recorded");
     assert_eq!(second.recovery_data(), Some(&b"amount=100"[..]));
     assert_eq!(second.external_key(), processor_key);
@@ -330,9 +330,10 @@ async fn a_transient_external_failure_unlocks_for_an_immediate_retry() {
     let (_database, db, layer) = setup(IdempotencyConfig::default()).await;
     let request = request(&id(), 1);
     let key = || Key::new(SCOPE, &request).unwrap();
-    let Started::Run(first) = layer.start::<Cart>(key()).await.unwrap() else {
+    let Started::Run(first, claim) = layer.start::<Cart>(key()).await.unwrap() else {
         panic!("a new key runs");
     };
+    claim.commit().await.unwrap();
     let failed = first
         .finish(
             db.begin().await.unwrap(),
@@ -343,7 +344,7 @@ async fn a_transient_external_failure_unlocks_for_an_immediate_retry() {
     // No waiting for the lock: the retry resumes at once.
     assert!(matches!(
         layer.start::<Cart>(key()).await.unwrap(),
-        Started::Run(_)
+        Started::Run(..)
     ));
 }
 
@@ -362,13 +363,14 @@ async fn expired_keys_are_collected_in_batches_and_then_forgotten() {
     }
     // A claim still held under a live lock is never collected.
     let held = request(&id(), 1);
-    let Started::Run(_held) = layer
+    let Started::Run(_held, claim) = layer
         .start::<Cart>(Key::new(SCOPE, &held).unwrap())
         .await
         .unwrap()
     else {
         panic!("a new key runs");
     };
+    claim.commit().await.unwrap();
     assert_eq!(keys(&db).await, 6);
     tokio::time::sleep(Duration::from_millis(150)).await;
 
