@@ -1,7 +1,9 @@
 //! `checkout bench`: N checkouts at concurrency C through CheckoutService with all four services
 //! doing their real work, on a system it starts itself (in-process, SQLite by default or fresh
-//! databases on a Postgres server). Reports checkouts/s, end-to-end latency percentiles (HDR
-//! histogram), per-step latency, outcomes, durable commits and CPU per checkout.
+//! databases on a Postgres server) or on a running deployment given by its addresses. Reports
+//! checkouts/s, end-to-end latency percentiles (HDR histogram), per-step latency (from each
+//! checkout's attempts), outcomes, durable commits per checkout (the databases' own counters)
+//! and CPU per checkout (this process, and the whole machine).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,15 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use checkout_inventory::fixture::{StockEntry, StockFixture};
-use checkout_kit::auth::Credentials;
+use checkout_kit::auth::{Credentials, Secret};
 use checkout_kit::client::{self, ClientOptions, EndpointError, OutboundChannel};
 use checkout_kit::db::{self, Db};
-use checkout_kit::shutdown::Shutdown;
+use checkout_kit::shutdown::{Shutdown, ShutdownTrigger};
 use checkout_proto::cart::cart_service_client::CartServiceClient;
 use checkout_proto::cart::{AddItemRequest, CreateCartRequest};
 use checkout_proto::checkout::checkout_service_client::CheckoutServiceClient;
-use checkout_proto::checkout::{CheckoutStatus, StartCheckoutRequest};
+use checkout_proto::checkout::{Checkout, CheckoutStatus, StartCheckoutRequest, StepDirection};
 use checkout_proto::common::Address;
+use checkout_proto::inventory::SetStockRequest;
+use checkout_proto::inventory::inventory_service_client::InventoryServiceClient;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -38,10 +42,29 @@ pub struct BenchPlan {
     pub warmup: usize,
     /// Checkouts in flight at once.
     pub concurrency: usize,
-    /// Fresh databases on this Postgres server instead of SQLite files.
+    /// Fresh databases on this Postgres server instead of SQLite files (in-process runs).
     pub postgres_url: Option<String>,
+    /// A running deployment to drive instead of starting one.
+    pub remote: Option<Remote>,
     /// Draw progress on stderr.
     pub progress: bool,
+}
+
+/// A running deployment: where its services listen and the keys to call them with.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// CheckoutService endpoint (`http://host:port`).
+    pub orchestrator: String,
+    /// CartService endpoint (carts are built through it).
+    pub cart: String,
+    /// InventoryService endpoint (the benchmark's skus get ample stock through SetStock).
+    pub inventory: String,
+    /// The storefront key (StartCheckout, carts).
+    pub storefront_key: Secret,
+    /// The internal key (SetStock).
+    pub internal_key: Secret,
+    /// The deployment's databases, read for their commit counters (Postgres only).
+    pub database_urls: Vec<String>,
 }
 
 /// Why a run could not run.
@@ -98,8 +121,12 @@ pub struct BenchReport {
     pub commits_per_checkout: f64,
     /// Where the commit count comes from.
     pub commits_source: String,
-    /// CPU time of this process (all five servers) per checkout, in milliseconds.
+    /// CPU time of this process per checkout, in milliseconds (in-process runs: all five
+    /// servers and the client).
     pub cpu_ms_per_checkout: f64,
+    /// CPU time of the whole machine per checkout (every process: servers, databases, client),
+    /// in milliseconds.
+    pub machine_cpu_ms_per_checkout: f64,
     /// Wall time of the measured phase.
     pub elapsed_s: f64,
 }
@@ -141,6 +168,26 @@ fn cpu_time() -> Duration {
     Duration::from_millis(total * 10)
 }
 
+/// CPU time (user + system, every process) the machine has spent so far, from `/proc/stat`.
+fn machine_cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Duration::ZERO;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return Duration::ZERO;
+    };
+    // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+    let busy: u64 = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(busy * 10)
+}
+
 fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -151,9 +198,10 @@ async fn channel(endpoint: String, options: &ClientOptions) -> Result<OutboundCh
 
 async fn make_cart(
     cart: &mut CartServiceClient<OutboundChannel>,
+    run: &str,
     i: usize,
 ) -> Result<(String, String), BenchError> {
-    let customer = format!("bench-{i}");
+    let customer = format!("bench-{run}-{i}");
     let created = cart
         .create_cart(CreateCartRequest {
             request_id: rid(),
@@ -196,13 +244,70 @@ fn start_request(cart_id: String, customer: String) -> StartCheckoutRequest {
     }
 }
 
-/// Runs `carts` through StartCheckout at `concurrency`; returns latencies and outcomes.
+/// What the driven checkouts showed.
+struct Driven {
+    latencies: Histogram<u64>,
+    outcomes: BTreeMap<String, usize>,
+    /// Sum of attempt durations (ms) and count, per step (and direction).
+    steps: BTreeMap<String, (f64, f64)>,
+}
+
+impl Driven {
+    fn new() -> Result<Self, BenchError> {
+        Ok(Self {
+            latencies: Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+                .map_err(|e| BenchError::Other(e.to_string()))?,
+            outcomes: BTreeMap::new(),
+            steps: BTreeMap::new(),
+        })
+    }
+
+    fn merge(&mut self, other: Driven) -> Result<(), BenchError> {
+        self.latencies
+            .add(&other.latencies)
+            .map_err(|e| BenchError::Other(e.to_string()))?;
+        for (k, v) in other.outcomes {
+            *self.outcomes.entry(k).or_default() += v;
+        }
+        for (k, (sum, n)) in other.steps {
+            let slot = self.steps.entry(k).or_default();
+            slot.0 += sum;
+            slot.1 += n;
+        }
+        Ok(())
+    }
+
+    /// Counts a finished checkout: its outcome and, from its view, each attempt's duration.
+    fn record(&mut self, checkout: Option<&Checkout>) {
+        let status = checkout.map_or(CheckoutStatus::Unspecified, Checkout::status);
+        let name = status.as_str_name().trim_start_matches("CHECKOUT_STATUS_");
+        *self.outcomes.entry(name.to_owned()).or_default() += 1;
+        let millis = |t: &prost_types::Timestamp| t.seconds as f64 * 1e3 + f64::from(t.nanos) / 1e6;
+        for step in checkout.map(|c| c.steps.as_slice()).unwrap_or_default() {
+            for attempt in &step.attempts {
+                let (Some(start), Some(end)) = (&attempt.start_time, &attempt.end_time) else {
+                    continue;
+                };
+                let key = if attempt.direction() == StepDirection::Compensation {
+                    format!("{} (compensation)", step.name)
+                } else {
+                    step.name.clone()
+                };
+                let slot = self.steps.entry(key).or_default();
+                slot.0 += (millis(end) - millis(start)).max(0.0);
+                slot.1 += 1.0;
+            }
+        }
+    }
+}
+
+/// Runs `carts` through StartCheckout at `concurrency`.
 async fn drive(
     checkout: &CheckoutServiceClient<OutboundChannel>,
     carts: Vec<(String, String)>,
     concurrency: usize,
     progress: bool,
-) -> Result<(Histogram<u64>, BTreeMap<String, usize>), BenchError> {
+) -> Result<Driven, BenchError> {
     let carts = Arc::new(std::sync::Mutex::new(carts));
     let done = Arc::new(AtomicUsize::new(0));
     let total = carts.lock().map(|c| c.len()).unwrap_or(0);
@@ -210,32 +315,19 @@ async fn drive(
     for _ in 0..concurrency.max(1) {
         let (carts, done, mut client) = (carts.clone(), done.clone(), checkout.clone());
         workers.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-                .map_err(|e| BenchError::Other(e.to_string()))?;
-            let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+            let mut driven = Driven::new()?;
             loop {
                 let next = carts.lock().ok().and_then(|mut c| c.pop());
                 let Some((cart_id, customer)) = next else {
-                    return Ok::<_, BenchError>((latencies, outcomes));
+                    return Ok::<_, BenchError>(driven);
                 };
                 let sent = Instant::now();
                 let result = client
                     .start_checkout(start_request(cart_id, customer))
                     .await?;
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                let _ = latencies.record(micros.max(1));
-                let status = result
-                    .into_inner()
-                    .checkout
-                    .map_or(CheckoutStatus::Unspecified, |c| c.status());
-                *outcomes
-                    .entry(
-                        status
-                            .as_str_name()
-                            .trim_start_matches("CHECKOUT_STATUS_")
-                            .to_owned(),
-                    )
-                    .or_default() += 1;
+                let _ = driven.latencies.record(micros.max(1));
+                driven.record(result.get_ref().checkout.as_ref());
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) && n % 50 == 0 {
                     eprint!("\r\x1b[2Kbench: {n}/{total}");
@@ -243,26 +335,24 @@ async fn drive(
             }
         }));
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-        .map_err(|e| BenchError::Other(e.to_string()))?;
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut all = Driven::new()?;
     for worker in workers {
-        let (latencies, counts) = worker
-            .await
-            .map_err(|e| BenchError::Other(e.to_string()))??;
-        all.add(&latencies)
-            .map_err(|e| BenchError::Other(e.to_string()))?;
-        for (k, v) in counts {
-            *outcomes.entry(k).or_default() += v;
-        }
+        all.merge(
+            worker
+                .await
+                .map_err(|e| BenchError::Other(e.to_string()))??,
+        )?;
     }
     if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
     }
-    Ok((all, outcomes))
+    Ok(all)
 }
 
 async fn server_commits(dbs: &[Db]) -> Result<Option<i64>, BenchError> {
+    if dbs.is_empty() {
+        return Ok(None);
+    }
     let mut total = 0;
     for db in dbs {
         match db::server_commits(db).await? {
@@ -273,14 +363,39 @@ async fn server_commits(dbs: &[Db]) -> Result<Option<i64>, BenchError> {
     Ok(Some(total))
 }
 
-/// Runs the benchmark on a system it starts in this process.
-pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
+/// The system under test: started here, or a running deployment.
+struct Subject {
+    checkout: CheckoutServiceClient<OutboundChannel>,
+    cart: CartServiceClient<OutboundChannel>,
+    /// Databases whose commit counters are read.
+    dbs: Vec<Db>,
+    backend: String,
+    /// Set when this run started the system: stops it and drops its Postgres databases.
+    started: Option<(ShutdownTrigger, System, Vec<String>)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn connect_dbs(urls: &[String]) -> Result<Vec<Db>, BenchError> {
+    let mut dbs = Vec::new();
+    for url in urls {
+        let config = db::PoolConfig {
+            max_connections: 1,
+            ..db::PoolConfig::default()
+        };
+        dbs.push(Db::connect(url, &config).await?);
+    }
+    Ok(dbs)
+}
+
+/// Starts all five servers in this process, on SQLite files or fresh Postgres databases.
+async fn start_here(plan: &BenchPlan) -> Result<Subject, BenchError> {
     let dir = tempfile::tempdir().map_err(|e| BenchError::Other(e.to_string()))?;
     let run = uuid::Uuid::new_v4().simple().to_string();
+    let name = |role: Role| format!("bench_{}_{}", &run[..8], role.name());
     let url = |role: Role| match &plan.postgres_url {
         Some(server) => {
             let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-            format!("{base}/bench_{}_{}", &run[..8], role.name())
+            format!("{base}/{}", name(role))
         }
         None => sqlite_url(dir.path(), role),
     };
@@ -294,99 +409,127 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
     let options = ClientOptions::with_bearer(credentials.storefront_bearer());
     let (trigger, shutdown) = Shutdown::new();
     let system = System::start(url, |_| "127.0.0.1:0".to_owned(), &settings, shutdown).await?;
-    let mut cart = CartServiceClient::new(channel(system.endpoint(Role::Cart), &options).await?);
+    let cart = CartServiceClient::new(channel(system.endpoint(Role::Cart), &options).await?);
     let checkout =
         CheckoutServiceClient::new(channel(system.endpoint(Role::Orchestrator), &options).await?);
-
-    let mut carts = Vec::with_capacity(plan.warmup + plan.checkouts);
-    for i in 0..plan.warmup + plan.checkouts {
-        carts.push(make_cart(&mut cart, i).await?);
-    }
-    let measured = carts.split_off(plan.warmup);
-    drive(&checkout, carts, plan.concurrency, false).await?;
-
-    let dbs: Vec<Db> = {
-        let mut dbs = Vec::new();
-        for role in Role::ALL {
-            dbs.push(
-                Db::connect(
-                    &url(role),
-                    &db::PoolConfig {
-                        max_connections: 1,
-                        ..db::PoolConfig::default()
-                    },
-                )
-                .await?,
-            );
-        }
-        dbs
+    let urls: Vec<String> = Role::ALL.into_iter().map(url).collect();
+    let dbs = connect_dbs(&urls).await?;
+    let dropped = match plan.postgres_url {
+        Some(_) => Role::ALL.into_iter().map(name).collect(),
+        None => Vec::new(),
     };
-    // Postgres publishes its counters about once a second.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let commits_before = (server_commits(&dbs).await?, db::commits_so_far());
-    let cpu_before = cpu_time();
-    let started = Instant::now();
-    let (latencies, outcomes) = drive(&checkout, measured, plan.concurrency, plan.progress).await?;
-    let elapsed = started.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let commits_after = (server_commits(&dbs).await?, db::commits_so_far());
-
-    let (commits, source) = match (commits_before.0, commits_after.0) {
-        (Some(before), Some(after)) => (
-            u64::try_from(after - before).unwrap_or(0),
-            "pg_stat_database.xact_commit",
-        ),
-        _ => (
-            commits_after.1 - commits_before.1,
-            "write transactions committed (SQLite)",
-        ),
-    };
-    let mut steps: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let orchestrator = &dbs[4];
-    let mut tx = orchestrator.begin_read().await?;
-    let durations = checkout_orchestrator::store::audit_attempt_durations(&mut tx).await?;
-    tx.rollback().await?;
-    let def = checkout_orchestrator::checkout_saga::definition(
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-    );
-    for (step, direction, ms) in durations {
-        let name = def
-            .steps
-            .get(usize::try_from(step).unwrap_or(0))
-            .map_or("?", |s| s.name);
-        let key = if direction == "forward" {
-            name.to_owned()
-        } else {
-            format!("{name} (compensation)")
-        };
-        let slot = steps.entry(key).or_default();
-        slot.0 += ms as f64;
-        slot.1 += 1.0;
-    }
-    for db in &dbs {
-        db.close().await;
-    }
-    trigger.fire();
-    let _ = tokio::time::timeout(Duration::from_secs(15), system.wait()).await;
-    if let Some(server) = &plan.postgres_url {
-        for role in Role::ALL {
-            let _ =
-                db::drop_postgres_database(server, &format!("bench_{}_{}", &run[..8], role.name()))
-                    .await;
-        }
-    }
-
-    let n = plan.checkouts.max(1) as f64;
-    let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
-    Ok(BenchReport {
+    Ok(Subject {
+        checkout,
+        cart,
+        dbs,
         backend: if plan.postgres_url.is_some() {
             "postgres"
         } else {
             "sqlite"
         }
         .to_owned(),
+        started: Some((trigger, system, dropped)),
+        _dir: Some(dir),
+    })
+}
+
+/// Connects to a running deployment and gives the benchmark's skus ample stock there.
+async fn reach(remote: &Remote) -> Result<Subject, BenchError> {
+    let bearer = |key: &Secret| {
+        checkout_kit::auth::Bearer::new(key)
+            .map_err(|e| BenchError::Other(format!("unusable key: {e}")))
+    };
+    let storefront = ClientOptions::with_bearer(bearer(&remote.storefront_key)?);
+    let internal = ClientOptions::with_bearer(bearer(&remote.internal_key)?);
+    let mut inventory =
+        InventoryServiceClient::new(channel(remote.inventory.clone(), &internal).await?);
+    for entry in ample_stock().stock {
+        inventory
+            .set_stock(SetStockRequest {
+                request_id: rid(),
+                sku: entry.sku,
+                warehouse_id: entry.warehouse_id,
+                on_hand: entry.on_hand,
+            })
+            .await?;
+    }
+    let dbs = connect_dbs(&remote.database_urls).await?;
+    let backend = match dbs.first().map(Db::backend) {
+        Some(db::Backend::Postgres) => "postgres (remote)",
+        Some(db::Backend::Sqlite) => "sqlite (remote)",
+        None => "remote",
+    };
+    Ok(Subject {
+        checkout: CheckoutServiceClient::new(
+            channel(remote.orchestrator.clone(), &storefront).await?,
+        ),
+        cart: CartServiceClient::new(channel(remote.cart.clone(), &storefront).await?),
+        dbs,
+        backend: backend.to_owned(),
+        started: None,
+        _dir: None,
+    })
+}
+
+/// Runs the benchmark on a system it starts in this process, or on a running deployment.
+pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
+    let mut subject = match &plan.remote {
+        Some(remote) => reach(remote).await?,
+        None => start_here(plan).await?,
+    };
+    let mut carts = Vec::with_capacity(plan.warmup + plan.checkouts);
+    // Customers unique to this run, so a deployment's earlier runs do not mix in.
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    for i in 0..plan.warmup + plan.checkouts {
+        carts.push(make_cart(&mut subject.cart, run, i).await?);
+    }
+    let measured = carts.split_off(plan.warmup);
+    drive(&subject.checkout, carts, plan.concurrency, false).await?;
+
+    // Postgres publishes its counters about once a second.
+    let settle = Duration::from_millis(1200);
+    tokio::time::sleep(settle).await;
+    let commits_before = (server_commits(&subject.dbs).await?, db::commits_so_far());
+    let cpu_before = (cpu_time(), machine_cpu_time());
+    let started = Instant::now();
+    let driven = drive(&subject.checkout, measured, plan.concurrency, plan.progress).await?;
+    let elapsed = started.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before.0);
+    let machine_cpu = machine_cpu_time().saturating_sub(cpu_before.1);
+    tokio::time::sleep(settle).await;
+    let commits_after = (server_commits(&subject.dbs).await?, db::commits_so_far());
+
+    let (commits, source) = match (commits_before.0, commits_after.0) {
+        (Some(before), Some(after)) => (
+            u64::try_from(after - before).unwrap_or(0),
+            "pg_stat_database.xact_commit",
+        ),
+        _ if subject.started.is_some() => (
+            commits_after.1 - commits_before.1,
+            "write transactions committed (SQLite)",
+        ),
+        _ => (
+            0,
+            "not measured: give the deployment's Postgres URLs with --database-url",
+        ),
+    };
+    for db in &subject.dbs {
+        db.close().await;
+    }
+    if let Some((trigger, system, dropped)) = subject.started.take() {
+        trigger.fire();
+        let _ = tokio::time::timeout(Duration::from_secs(15), system.wait()).await;
+        if let Some(server) = &plan.postgres_url {
+            for name in dropped {
+                let _ = db::drop_postgres_database(server, &name).await;
+            }
+        }
+    }
+
+    let n = plan.checkouts.max(1) as f64;
+    let ms = |q: f64| driven.latencies.value_at_quantile(q) as f64 / 1000.0;
+    Ok(BenchReport {
+        backend: subject.backend,
         checkouts: plan.checkouts,
         concurrency: plan.concurrency,
         checkouts_per_second: n / elapsed.as_secs_f64().max(1e-9),
@@ -394,16 +537,18 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
             p50_ms: ms(0.50),
             p95_ms: ms(0.95),
             p99_ms: ms(0.99),
-            max_ms: latencies.max() as f64 / 1000.0,
+            max_ms: driven.latencies.max() as f64 / 1000.0,
         },
-        step_mean_ms: steps
+        step_mean_ms: driven
+            .steps
             .into_iter()
             .map(|(k, (sum, count))| (k, sum / count.max(1.0)))
             .collect(),
-        outcomes,
+        outcomes: driven.outcomes,
         commits_per_checkout: commits as f64 / n,
         commits_source: source.to_owned(),
         cpu_ms_per_checkout: cpu.as_secs_f64() * 1000.0 / n,
+        machine_cpu_ms_per_checkout: machine_cpu.as_secs_f64() * 1000.0 / n,
         elapsed_s: elapsed.as_secs_f64(),
     })
 }
@@ -430,8 +575,13 @@ impl BenchReport {
         let _ = writeln!(out, "outcomes: {:?}", self.outcomes);
         let _ = writeln!(
             out,
-            "durable commits per checkout: {:.1} ({}); CPU per checkout (this process): {:.2} ms",
-            self.commits_per_checkout, self.commits_source, self.cpu_ms_per_checkout
+            "durable commits per checkout: {:.1} ({})",
+            self.commits_per_checkout, self.commits_source
+        );
+        let _ = writeln!(
+            out,
+            "CPU per checkout: {:.2} ms this process, {:.2} ms the whole machine (every process)",
+            self.cpu_ms_per_checkout, self.machine_cpu_ms_per_checkout
         );
         let _ = writeln!(out, "mean step attempt latency:");
         for (step, ms) in &self.step_mean_ms {

@@ -99,8 +99,32 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Fresh databases on this Postgres server instead of SQLite files.
-    #[arg(long, env = "CHECKOUT_BENCH_POSTGRES_URL")]
+    #[arg(
+        long,
+        env = "CHECKOUT_BENCH_POSTGRES_URL",
+        conflicts_with = "orchestrator"
+    )]
     pub postgres_url: Option<String>,
+    /// Drive a running deployment: its CheckoutService endpoint (then --cart and --inventory
+    /// are needed too, and the keys).
+    #[arg(long, requires_all = ["cart", "inventory"])]
+    pub orchestrator: Option<String>,
+    /// The running deployment's CartService endpoint.
+    #[arg(long, requires = "orchestrator")]
+    pub cart: Option<String>,
+    /// The running deployment's InventoryService endpoint.
+    #[arg(long, requires = "orchestrator")]
+    pub inventory: Option<String>,
+    /// The storefront key of the running deployment.
+    #[arg(long, env = "CHECKOUT_STOREFRONT_KEY", hide_env_values = true)]
+    pub storefront_key: Option<String>,
+    /// The internal key of the running deployment (to give the benchmark's skus stock).
+    #[arg(long, env = "CHECKOUT_INTERNAL_KEY", hide_env_values = true)]
+    pub internal_key: Option<String>,
+    /// A database of the running deployment, read for its commit counter (Postgres);
+    /// repeat for each.
+    #[arg(long = "database-url", requires = "orchestrator")]
+    pub database_urls: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

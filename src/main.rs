@@ -11,6 +11,7 @@ use checkout::config::{
 use checkout::launch::{self, RunningServer, System};
 use checkout::role::Role;
 use checkout::security::{AuthNotice, WithoutKeys};
+use checkout_kit::auth::Secret;
 use checkout_kit::shutdown::Shutdown;
 use checkout_kit::telemetry::LogFormat;
 use checkout_orchestrator::clients::ServiceEndpoints;
@@ -49,11 +50,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile(args) => reconcile(args).await,
         Command::Chaos(args) => chaos(args).await,
         Command::Bench(args) => {
+            let remote = match &args.orchestrator {
+                None => None,
+                Some(orchestrator) => {
+                    let key = |value: &Option<String>, flag: &str| {
+                        value.clone().map(Secret::new).ok_or_else(|| {
+                            anyhow::anyhow!("a running deployment needs {flag} (or its variable)")
+                        })
+                    };
+                    Some(checkout::bench::Remote {
+                        orchestrator: orchestrator.clone(),
+                        cart: args.cart.clone().unwrap_or_default(),
+                        inventory: args.inventory.clone().unwrap_or_default(),
+                        storefront_key: key(&args.storefront_key, "--storefront-key")?,
+                        internal_key: key(&args.internal_key, "--internal-key")?,
+                        database_urls: args.database_urls.clone(),
+                    })
+                }
+            };
             let plan = checkout::bench::BenchPlan {
                 checkouts: args.checkouts,
                 warmup: args.warmup,
                 concurrency: args.concurrency,
                 postgres_url: args.postgres_url.clone(),
+                remote,
                 progress: !args.json,
             };
             let report = checkout::bench::run(&plan).await?;

@@ -702,18 +702,6 @@ pub async fn audit_attempt_counts(tx: &mut Tx) -> Result<Vec<(String, String, i6
     }))
 }
 
-/// Every finished attempt's step, direction and duration in milliseconds (for benchmarks).
-pub async fn audit_attempt_durations(tx: &mut Tx) -> Result<Vec<(i64, String, i64)>, DbError> {
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT step_index, direction, ended_at - started_at FROM saga_attempts \
-             WHERE ended_at IS NOT NULL",
-        )
-        .fetch_all(&mut *conn)
-        .await?
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

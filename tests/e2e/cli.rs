@@ -428,6 +428,100 @@ fn bench_reports_throughput_latency_commits_and_outcomes() {
     assert!(report["step_mean_ms"]["capture_payment"].as_f64().is_some());
 }
 
+/// `bench` drives a running deployment given by its addresses and keys: stock comes through
+/// SetStock, per-step latency from the checkouts' own attempts.
+#[tokio::test]
+async fn bench_drives_a_running_deployment_by_address() {
+    if testing::backend() != checkout_kit::db::Backend::Sqlite {
+        // `up` is the embedded SQLite default.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, banner) = spawn_up(checkout(), dir.path(), &[]).await;
+    let endpoint = |role: &str| {
+        banner
+            .iter()
+            .find(|line| line.split_whitespace().next() == Some(role))
+            .and_then(|line| line.split_whitespace().find(|w| w.starts_with("http://")))
+            .unwrap_or_else(|| panic!("{role} in {banner:?}"))
+            .to_owned()
+    };
+    let keys = crate::helpers::test_credentials();
+    let bench = tokio::task::spawn_blocking({
+        let (orchestrator, cart, inventory) = (
+            endpoint("orchestrator"),
+            endpoint("cart"),
+            endpoint("inventory"),
+        );
+        move || {
+            run(checkout().args([
+                "bench",
+                "--orchestrator",
+                &orchestrator,
+                "--cart",
+                &cart,
+                "--inventory",
+                &inventory,
+                "--storefront-key",
+                keys.storefront.expose(),
+                "--internal-key",
+                keys.internal.expose(),
+                "--checkouts",
+                "12",
+                "--warmup",
+                "2",
+                "--concurrency",
+                "3",
+                "--json",
+            ]))
+        }
+    })
+    .await
+    .unwrap();
+    let (ok, stdout, stderr) = bench;
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcomes"]["COMPLETED"], 12, "{report}");
+    assert_eq!(report["backend"], "remote", "{report}");
+    for step in ["lock_cart", "authorize_payment", "complete_cart"] {
+        assert!(
+            report["step_mean_ms"][step].as_f64().is_some(),
+            "{step}: {report}"
+        );
+    }
+    assert!(
+        report["commits_source"]
+            .as_str()
+            .unwrap()
+            .contains("not measured"),
+        "{report}"
+    );
+
+    // A wrong key is refused, not half-run.
+    let (ok, _, stderr) = run(checkout().args([
+        "bench",
+        "--orchestrator",
+        &endpoint("orchestrator"),
+        "--cart",
+        &endpoint("cart"),
+        "--inventory",
+        &endpoint("inventory"),
+        "--storefront-key",
+        "wrong",
+        "--internal-key",
+        "wrong",
+        "--checkouts",
+        "1",
+    ]));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!ok);
+    assert!(
+        stderr.contains("the API key is not valid"),
+        "{stderr}"
+    );
+}
+
 /// The binary with no API keys configured at all.
 fn keyless() -> Command {
     let mut command = checkout();
