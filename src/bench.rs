@@ -46,6 +46,8 @@ pub struct BenchPlan {
     pub postgres_url: Option<String>,
     /// A running deployment to drive instead of starting one.
     pub remote: Option<Remote>,
+    /// Finished sagas to store before the run (in-process runs), to measure at scale.
+    pub preload_finished: u64,
     /// Draw progress on stderr.
     pub progress: bool,
 }
@@ -129,6 +131,10 @@ pub struct BenchReport {
     pub machine_cpu_ms_per_checkout: f64,
     /// Wall time of the measured phase.
     pub elapsed_s: f64,
+    /// Finished sagas stored before the run.
+    pub preloaded_sagas: u64,
+    /// The orchestrator database's plans for the sweeper and listing queries (in-process runs).
+    pub query_plans: BTreeMap<String, Vec<String>>,
 }
 
 fn ample_stock() -> StockFixture {
@@ -369,6 +375,8 @@ struct Subject {
     cart: CartServiceClient<OutboundChannel>,
     /// Databases whose commit counters are read.
     dbs: Vec<Db>,
+    /// The orchestrator's database, when this run started the system.
+    orchestrator_db: Option<Db>,
     backend: String,
     /// Set when this run started the system: stops it and drops its Postgres databases.
     started: Option<(ShutdownTrigger, System, Vec<String>)>,
@@ -414,6 +422,25 @@ async fn start_here(plan: &BenchPlan) -> Result<Subject, BenchError> {
         CheckoutServiceClient::new(channel(system.endpoint(Role::Orchestrator), &options).await?);
     let urls: Vec<String> = Role::ALL.into_iter().map(url).collect();
     let dbs = connect_dbs(&urls).await?;
+    let orchestrator_db = Db::connect(&url(Role::Orchestrator), &db::PoolConfig::default()).await?;
+    if plan.preload_finished > 0 {
+        let names: Vec<&str> = checkout_orchestrator::checkout_saga::definition(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .steps
+        .iter()
+        .map(|s| s.name)
+        .collect();
+        let mut tx = orchestrator_db.begin().await?;
+        let count = i64::try_from(plan.preload_finished).unwrap_or(i64::MAX);
+        checkout_orchestrator::store::preload_finished(&mut tx, count, &names, db::now_millis())
+            .await?;
+        tx.commit().await?;
+        let mut tx = orchestrator_db.begin().await?;
+        checkout_orchestrator::store::analyze(&mut tx).await?;
+        tx.commit().await?;
+    }
     let dropped = match plan.postgres_url {
         Some(_) => Role::ALL.into_iter().map(name).collect(),
         None => Vec::new(),
@@ -422,6 +449,7 @@ async fn start_here(plan: &BenchPlan) -> Result<Subject, BenchError> {
         checkout,
         cart,
         dbs,
+        orchestrator_db: Some(orchestrator_db),
         backend: if plan.postgres_url.is_some() {
             "postgres"
         } else {
@@ -465,6 +493,7 @@ async fn reach(remote: &Remote) -> Result<Subject, BenchError> {
         ),
         cart: CartServiceClient::new(channel(remote.cart.clone(), &storefront).await?),
         dbs,
+        orchestrator_db: None,
         backend: backend.to_owned(),
         started: None,
         _dir: None,
@@ -513,6 +542,13 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
             "not measured: give the deployment's Postgres URLs with --database-url",
         ),
     };
+    let mut query_plans = BTreeMap::new();
+    if let Some(orchestrator) = &subject.orchestrator_db {
+        let mut tx = orchestrator.begin_read().await?;
+        query_plans.extend(checkout_orchestrator::store::query_plans(&mut tx).await?);
+        tx.rollback().await?;
+        orchestrator.close().await;
+    }
     for db in &subject.dbs {
         db.close().await;
     }
@@ -550,6 +586,12 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
         cpu_ms_per_checkout: cpu.as_secs_f64() * 1000.0 / n,
         machine_cpu_ms_per_checkout: machine_cpu.as_secs_f64() * 1000.0 / n,
         elapsed_s: elapsed.as_secs_f64(),
+        preloaded_sagas: if plan.remote.is_some() {
+            0
+        } else {
+            plan.preload_finished
+        },
+        query_plans,
     })
 }
 
@@ -586,6 +628,19 @@ impl BenchReport {
         let _ = writeln!(out, "mean step attempt latency:");
         for (step, ms) in &self.step_mean_ms {
             let _ = writeln!(out, "  {step:<32} {ms:.1} ms");
+        }
+        if !self.query_plans.is_empty() {
+            let _ = writeln!(
+                out,
+                "query plans ({} finished sagas preloaded):",
+                self.preloaded_sagas
+            );
+            for (query, lines) in &self.query_plans {
+                let _ = writeln!(out, "  {query}:");
+                for line in lines {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
         }
         out
     }

@@ -125,6 +125,9 @@ pub struct BenchArgs {
     /// repeat for each.
     #[arg(long = "database-url", requires = "orchestrator")]
     pub database_urls: Vec<String>,
+    /// Finished sagas to store before the run (not with --orchestrator), to measure at scale.
+    #[arg(long, default_value_t = 0, conflicts_with = "orchestrator")]
+    pub preload_finished: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

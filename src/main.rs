@@ -74,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency: args.concurrency,
                 postgres_url: args.postgres_url.clone(),
                 remote,
+                preload_finished: args.preload_finished,
                 progress: !args.json,
             };
             let report = checkout::bench::run(&plan).await?;

@@ -509,7 +509,7 @@ impl Engine {
                     {
                         Attempted::Fenced => return Ok(Stop::Held),
                         Attempted::Parked => return Ok(Stop::Released),
-                        Attempted::Recorded(next) => pending = next,
+                        Attempted::Recorded(next) => pending = *next,
                         Attempted::Cancelled => {}
                         Attempted::RetryAfter(delay) => {
                             tokio::time::sleep(delay).await;
@@ -620,7 +620,7 @@ impl Engine {
             Direction::Compensation => def.compensation.unwrap_or(def.name),
         };
         let request_id = request_id(&saga.saga_id, def.name, direction);
-        let undo = (state.steps[step].clone(), saga.step_index);
+        let undo = (state.steps[step], saga.step_index);
         {
             let s = &mut state.steps[step];
             match direction {
@@ -750,7 +750,9 @@ impl Engine {
         after.finished.push(attempt);
         after.event(kind, label, note, &saga.status);
         match transition {
-            Transition::Continue | Transition::Compensate(_) => Ok(Attempted::Recorded(after)),
+            Transition::Continue | Transition::Compensate(_) => {
+                Ok(Attempted::Recorded(Box::new(after)))
+            }
             Transition::RetryAfter(delay) => {
                 if !self.save(saga, state, owner, &after, false).await? {
                     return Ok(Attempted::Fenced);
@@ -799,7 +801,7 @@ enum Attempted {
     /// A cancel beat the pivot's write-ahead; nothing was sent.
     Cancelled,
     /// The result, to be stored with the next write.
-    Recorded(Pending),
+    Recorded(Box<Pending>),
     /// The result is stored; the same step is due again after the delay.
     RetryAfter(Duration),
     /// The result is stored and the saga parked for an operator.

@@ -598,21 +598,37 @@ pub async fn release(tx: &mut Tx, saga_id: &str, owner: &str) -> Result<(), DbEr
     Ok(())
 }
 
-/// Sagas due to be driven whose lease is free or already `owner`'s (a restarted replica with a
-/// stable id resumes its own sagas at once), oldest first.
-pub async fn due(tx: &mut Tx, owner: &str, now: i64, limit: i64) -> Result<Vec<String>, DbError> {
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_scalar(
+/// The sweeper's query: walks the partial index `sagas_due` (unfinished sagas only), so its cost
+/// does not grow with the finished sagas stored. SQLite is told the index: without statistics it
+/// would rather look up `sagas_by_status` and sort.
+fn due_sql(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "SELECT saga_id FROM sagas INDEXED BY sagas_due \
+             WHERE status IN ('running', 'compensating') AND next_attempt_at <= $1 \
+               AND (lease_owner IS NULL OR lease_owner = $3 OR lease_expires_at <= $1) \
+             ORDER BY next_attempt_at LIMIT $2"
+        }
+        Backend::Postgres => {
             "SELECT saga_id FROM sagas \
              WHERE status IN ('running', 'compensating') AND next_attempt_at <= $1 \
                AND (lease_owner IS NULL OR lease_owner = $3 OR lease_expires_at <= $1) \
-             ORDER BY next_attempt_at LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .bind(owner)
-        .fetch_all(&mut *conn)
-        .await?
+             ORDER BY next_attempt_at LIMIT $2"
+        }
+    }
+}
+
+/// Sagas due to be driven whose lease is free or already `owner`'s (a restarted replica with a
+/// stable id resumes its own sagas at once), oldest first.
+pub async fn due(tx: &mut Tx, owner: &str, now: i64, limit: i64) -> Result<Vec<String>, DbError> {
+    let tx_backend = tx.backend();
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_scalar(due_sql(tx_backend))
+            .bind(now)
+            .bind(limit)
+            .bind(owner)
+            .fetch_all(&mut *conn)
+            .await?
     }))
 }
 
@@ -656,6 +672,32 @@ pub async fn resume_parked(
     Ok(n == 1)
 }
 
+/// A listing query: the filters given (customer, status) and the cursor as numbered
+/// parameters in that order, walking one index newest first (`sagas_by_customer`,
+/// `sagas_by_status` or `sagas_by_created`), so a page costs the same however many sagas are
+/// stored.
+fn list_sql(customer: bool, status: bool) -> String {
+    let mut conditions = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if customer {
+        conditions.push(format!("customer_id = ${}", next()));
+    }
+    if status {
+        conditions.push(format!("status = ${}", next()));
+    }
+    let (at, id, limit) = (next(), next(), next());
+    conditions.push(format!("(created_at, saga_id) < (${at}, ${id})"));
+    format!(
+        "SELECT {SAGA_COLUMNS} FROM sagas WHERE {} \
+         ORDER BY created_at DESC, saga_id DESC LIMIT ${limit}",
+        conditions.join(" AND ")
+    )
+}
+
 /// Sagas newest first, optionally of one customer and in one status, after a cursor.
 pub async fn list(
     tx: &mut Tx,
@@ -666,22 +708,160 @@ pub async fn list(
 ) -> Result<Vec<SagaRow>, DbError> {
     // Without a cursor every row is "before" i64::MAX, whatever its id.
     let (before_at, before_id) = before.unwrap_or((i64::MAX, String::new()));
-    let sql = format!(
-        "SELECT {SAGA_COLUMNS} FROM sagas \
-         WHERE ($1 IS NULL OR customer_id = $1) AND ($2 IS NULL OR status = $2) \
-           AND (created_at < $3 OR (created_at = $3 AND saga_id < $4)) \
-         ORDER BY created_at DESC, saga_id DESC LIMIT $5"
-    );
+    let sql = list_sql(customer_id.is_some(), status.is_some());
     Ok(on_backend!(tx, conn => {
-        sqlx::query_as(&sql)
-            .bind(customer_id)
-            .bind(status)
-            .bind(before_at)
+        let mut q = sqlx::query_as(&sql);
+        if let Some(customer_id) = customer_id {
+            q = q.bind(customer_id);
+        }
+        if let Some(status) = status {
+            q = q.bind(status);
+        }
+        q.bind(before_at)
             .bind(&before_id)
             .bind(limit)
             .fetch_all(&mut *conn)
             .await?
     }))
+}
+
+/// The plans the database picks for the sweeper's query and every listing query, by name:
+/// `EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on Postgres.
+pub async fn query_plans(tx: &mut Tx) -> Result<Vec<(String, Vec<String>)>, DbError> {
+    let mut plans = Vec::new();
+    let prefix = match tx.backend() {
+        Backend::Sqlite => "EXPLAIN QUERY PLAN ",
+        Backend::Postgres => "EXPLAIN ",
+    };
+    let due = format!("{prefix}{}", due_sql(tx.backend()));
+    let lines: Vec<String> = match tx {
+        Tx::Sqlite(tx, _) => sqlx::query_as::<_, (i64, i64, i64, String)>(&due)
+            .bind(0_i64)
+            .bind(10_i64)
+            .bind("replica")
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .map(|r| r.3)
+            .collect(),
+        Tx::Postgres(tx) => {
+            sqlx::query_scalar(&due)
+                .bind(0_i64)
+                .bind(10_i64)
+                .bind("replica")
+                .fetch_all(&mut **tx)
+                .await?
+        }
+    };
+    plans.push(("sweeper: due sagas".to_owned(), lines));
+    for (name, customer, status) in [
+        ("list: all", false, false),
+        ("list: one customer", true, false),
+        ("list: one status", false, true),
+        ("list: one customer, one status", true, true),
+    ] {
+        let sql = format!("{prefix}{}", list_sql(customer, status));
+        let lines: Vec<String> = match tx {
+            Tx::Sqlite(tx, _) => {
+                let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
+                if customer {
+                    q = q.bind("customer");
+                }
+                if status {
+                    q = q.bind("completed");
+                }
+                q.bind(i64::MAX)
+                    .bind("")
+                    .bind(50_i64)
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.3)
+                    .collect()
+            }
+            Tx::Postgres(tx) => {
+                let mut q = sqlx::query_scalar(&sql);
+                if customer {
+                    q = q.bind("customer");
+                }
+                if status {
+                    q = q.bind("completed");
+                }
+                q.bind(i64::MAX)
+                    .bind("")
+                    .bind(50_i64)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        };
+        plans.push((name.to_owned(), lines));
+    }
+    Ok(plans)
+}
+
+/// Refreshes the planner's statistics (Postgres; its autovacuum does the same on its own
+/// schedule), so plans reflect the rows stored.
+pub async fn analyze(tx: &mut Tx) -> Result<(), DbError> {
+    if let Tx::Postgres(tx) = tx {
+        sqlx::query("ANALYZE sagas").execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Stores `count` finished (completed) sagas with their steps and two timeline events each, for
+/// scaling measurements: ids `preloaded-<n>`, spread over 1000 customers, created before `now`.
+pub async fn preload_finished(
+    tx: &mut Tx,
+    count: i64,
+    steps: &[&str],
+    now: i64,
+) -> Result<(), DbError> {
+    let sagas = format!(
+        "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < $1) \
+         INSERT INTO sagas ({SAGA_COLUMNS}) \
+         SELECT 'preloaded-' || i, 'checkout', 'preloaded-cart-' || i, \
+           'preloaded-customer-' || (i % 1000), 'completed', 'forward', $3, '{{}}', '{{}}', \
+           '', '', '', FALSE, TRUE, $2 - i, $2 - i, NULL, 0, $3 + 2, '', $2 - i, $2 - i \
+         FROM seq"
+    );
+    let step_count = i64::try_from(steps.len()).unwrap_or(0);
+    on_backend!(tx, conn => {
+        sqlx::query(&sagas)
+            .bind(count)
+            .bind(now)
+            .bind(step_count)
+            .execute(&mut *conn)
+            .await?;
+    });
+    for (i, name) in steps.iter().enumerate() {
+        on_backend!(tx, conn => {
+            sqlx::query(
+                "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
+                   compensation_attempts, forward_retry_base, compensation_retry_base, \
+                   may_have_applied) \
+                 SELECT saga_id, $1, $2, 'succeeded', 1, 0, 0, 0, TRUE FROM sagas \
+                 WHERE saga_id LIKE 'preloaded-%'",
+            )
+            .bind(i64::try_from(i).unwrap_or(0))
+            .bind(*name)
+            .execute(&mut *conn)
+            .await?;
+        });
+    }
+    for (sequence, kind) in [(1_i64, "accepted"), (2, "completed")] {
+        on_backend!(tx, conn => {
+            sqlx::query(
+                "INSERT INTO saga_events (saga_id, sequence, at, kind, step, message, status) \
+                 SELECT saga_id, $1, created_at, $2, '', '', 'completed' FROM sagas \
+                 WHERE saga_id LIKE 'preloaded-%'",
+            )
+            .bind(sequence)
+            .bind(kind)
+            .execute(&mut *conn)
+            .await?;
+        });
+    }
+    Ok(())
 }
 
 /// Every saga (for audits).

@@ -411,11 +411,26 @@ fn bench_reports_throughput_latency_commits_and_outcomes() {
         "2",
         "--concurrency",
         "4",
+        "--preload-finished",
+        "500",
         "--json",
     ]));
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["outcomes"]["COMPLETED"], 20, "{report}");
+    assert_eq!(report["preloaded_sagas"], 500, "{report}");
+    let plans = report["query_plans"].as_object().unwrap();
+    assert_eq!(
+        plans.len(),
+        5,
+        "the sweeper's and four listing queries: {report}"
+    );
+    assert!(
+        plans["sweeper: due sagas"]
+            .to_string()
+            .contains("sagas_due"),
+        "{report}"
+    );
     assert!(report["checkouts_per_second"].as_f64().unwrap() > 0.0);
     assert!(
         report["latency"]["p99_ms"].as_f64().unwrap()
@@ -516,10 +531,7 @@ async fn bench_drives_a_running_deployment_by_address() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(!ok);
-    assert!(
-        stderr.contains("the API key is not valid"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("the API key is not valid"), "{stderr}");
 }
 
 /// The binary with no API keys configured at all.
