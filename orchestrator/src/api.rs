@@ -16,6 +16,7 @@ use checkout_proto::checkout::*;
 use futures::Stream;
 use tonic::{Code, Request, Response, Status};
 
+use crate::changes::Watch;
 use crate::checkout_saga::{CheckoutInput, SAGA_TYPE};
 use crate::runner::Engine;
 use crate::saga::machine::{Direction, SagaStatus};
@@ -103,17 +104,22 @@ impl CheckoutApi {
 
     /// Waits until the checkout is terminal or parked, or `wait` passes; then its state. Only
     /// the saga's status is read while waiting; the full view once, at the end.
-    async fn await_outcome(&self, checkout_id: &str, wait: Duration) -> Result<Checkout, Status> {
+    /// `watch` was taken before the saga could change; `known` is its status then, if known.
+    async fn await_outcome(
+        &self,
+        checkout_id: &str,
+        wait: Duration,
+        mut watch: Watch,
+        known: Option<String>,
+    ) -> Result<Checkout, Status> {
         let settled = |status: &str| {
             matches!(
                 SagaStatus::parse(status),
                 Some(SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::NeedsAttention)
             )
         };
-        // Watching before the first read, so no change falls between the two.
-        let mut watch = self.engine.watch(checkout_id);
         let deadline = tokio::time::Instant::now() + wait;
-        let mut notice: Option<String> = None;
+        let mut notice = known;
         while tokio::time::Instant::now() < deadline {
             let status = match notice.take() {
                 Some(status) => status,
@@ -264,13 +270,21 @@ impl CheckoutService for CheckoutApi {
             .as_ref()
             .map(|c| c.checkout_id.clone())
             .unwrap_or_default();
-        if let Some(saga) = created {
-            self.engine.start_new(saga);
-        } else {
-            // A retried request whose saga may still need a driver.
-            self.engine.start(&checkout_id);
-        }
-        let checkout = self.await_outcome(&checkout_id, wait).await?;
+        // Watching before the driver starts, so no change goes unseen.
+        let watch = self.engine.watch(&checkout_id);
+        let known = match created {
+            Some(saga) => {
+                let status = saga.status.clone();
+                self.engine.start_new(saga);
+                Some(status)
+            }
+            None => {
+                // A retried request whose saga may still need a driver.
+                self.engine.start(&checkout_id);
+                None
+            }
+        };
+        let checkout = self.await_outcome(&checkout_id, wait, watch, known).await?;
         Ok(Response::new(StartCheckoutResponse {
             checkout: Some(checkout),
         }))
