@@ -1,0 +1,223 @@
+//! The journal's group commit: concurrent sagas' writes share transactions, a fenced-off write
+//! leaves its neighbours stored, and a write the database refuses fails alone.
+
+use checkout_kit::db::{self, Db, Tx, now_millis};
+use checkout_kit::testing::TestDatabase;
+use checkout_orchestrator::journal::{Journal, NewEvent, SagaWrite, Saved};
+use checkout_orchestrator::store::{self, AttemptRow, SagaRow, StepRow};
+
+const OWNER: &str = "replica-under-test";
+
+fn saga(i: usize) -> SagaRow {
+    let now = now_millis();
+    SagaRow {
+        saga_id: format!("saga-{i:04}-{}", uuid::Uuid::new_v4().simple()),
+        saga_type: "checkout".to_owned(),
+        cart_id: format!("cart-{i}"),
+        customer_id: format!("customer-{i}"),
+        status: "running".to_owned(),
+        direction: "forward".to_owned(),
+        step_index: 0,
+        input: "{}".to_owned(),
+        outputs: "{}".to_owned(),
+        failure_reason: String::new(),
+        failure_message: String::new(),
+        failure_step: String::new(),
+        cancel_requested: false,
+        pivot_started: false,
+        deadline_at: now + 60_000,
+        next_attempt_at: now,
+        lease_owner: Some(OWNER.to_owned()),
+        lease_expires_at: now + 60_000,
+        version: 1,
+        trace_context: String::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn stored(db: &Db, n: usize) -> Vec<SagaRow> {
+    let mut tx = db.begin().await.unwrap();
+    let mut sagas = Vec::new();
+    for i in 0..n {
+        let s = saga(i);
+        store::insert_saga(&mut tx, &s, &["first", "second"])
+            .await
+            .unwrap();
+        sagas.push(s);
+    }
+    tx.commit().await.unwrap();
+    sagas
+}
+
+/// The write-ahead record of the first step, with one event carrying `message`.
+fn write_ahead(s: &SagaRow, message: &str) -> SagaWrite {
+    let now = now_millis();
+    SagaWrite {
+        saga: s.clone(),
+        owner: OWNER.to_owned(),
+        lease_expires_at: now + 60_000,
+        require_no_cancel: false,
+        release: false,
+        steps: vec![StepRow {
+            step_index: 0,
+            name: "first".to_owned(),
+            status: "running".to_owned(),
+            forward_attempts: 1,
+            compensation_attempts: 0,
+            forward_retry_base: 0,
+            compensation_retry_base: 0,
+            may_have_applied: false,
+        }],
+        finished: Vec::new(),
+        started: Some(AttemptRow {
+            step_index: 0,
+            direction: "forward".to_owned(),
+            number: 1,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            outcome: "in_flight".to_owned(),
+            status_code: String::new(),
+            message: String::new(),
+            started_at: now,
+            ended_at: None,
+        }),
+        events: vec![NewEvent {
+            kind: "step_started",
+            step: "first".to_owned(),
+            message: message.to_owned(),
+            status: "running".to_owned(),
+        }],
+    }
+}
+
+async fn write_all(journal: &Journal, writes: Vec<SagaWrite>) -> Vec<Result<Saved, db::DbError>> {
+    let tasks: Vec<_> = writes
+        .into_iter()
+        .map(|w| {
+            let journal = journal.clone();
+            tokio::spawn(async move { journal.write(w).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+async fn read(db: &Db, saga_id: &str) -> (SagaRow, usize, usize) {
+    let mut tx = db.begin_read().await.unwrap();
+    let row = store::saga(&mut tx, saga_id).await.unwrap().unwrap();
+    let events = store::events_after(&mut tx, saga_id, 0).await.unwrap();
+    let attempts = store::attempts(&mut tx, saga_id).await.unwrap();
+    tx.rollback().await.unwrap();
+    (row, events.len(), attempts.len())
+}
+
+/// Makes the database refuse any timeline event whose message is `poison`.
+async fn refuse_poison(tx: &mut Tx) {
+    match tx {
+        Tx::Sqlite(tx, _) => {
+            sqlx::query(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON saga_events \
+                 WHEN NEW.message = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+            )
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+        }
+        Tx::Postgres(tx) => {
+            sqlx::query(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+                   IF NEW.message = 'poison' THEN RAISE EXCEPTION 'poisoned'; END IF; \
+                   RETURN NEW; END $$ LANGUAGE plpgsql",
+            )
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+            sqlx::query(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON saga_events \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+            )
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+// One test, phase by phase: the commit counter is process-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_shares_transactions_and_isolates_failures() {
+    let database = TestDatabase::new("journal");
+    let db = database
+        .migrated(&checkout_orchestrator::MIGRATIONS)
+        .await
+        .unwrap();
+    let journal = Journal::spawn(db.clone());
+
+    // Many sagas' writes at once: every one stored, in far fewer commits than writes.
+    let sagas = stored(&db, 64).await;
+    let before = db::commits_so_far();
+    let results = write_all(
+        &journal,
+        sagas.iter().map(|s| write_ahead(s, "a")).collect(),
+    )
+    .await;
+    let commits = db::commits_so_far() - before;
+    for r in &results {
+        assert_eq!(
+            *r.as_ref().unwrap(),
+            Saved::Written {
+                cancel_requested: false
+            }
+        );
+    }
+    assert!(commits < 16, "64 writes took {commits} commits");
+    for s in &sagas {
+        let (row, events, attempts) = read(&db, &s.saga_id).await;
+        assert_eq!((row.version, events, attempts), (2, 1, 1), "{}", s.saga_id);
+    }
+
+    // A write fenced off (its version is stale) stores nothing and harms no neighbour.
+    let sagas = stored(&db, 8).await;
+    let mut writes: Vec<SagaWrite> = sagas.iter().map(|s| write_ahead(s, "b")).collect();
+    writes[3].saga.version = 7;
+    let results = write_all(&journal, writes).await;
+    for (i, (s, r)) in sagas.iter().zip(&results).enumerate() {
+        let (row, events, attempts) = read(&db, &s.saga_id).await;
+        if i == 3 {
+            assert_eq!(*r.as_ref().unwrap(), Saved::Fenced);
+            assert_eq!((row.version, events, attempts), (1, 0, 0));
+        } else {
+            assert!(matches!(r, Ok(Saved::Written { .. })), "{r:?}");
+            assert_eq!((row.version, events, attempts), (2, 1, 1));
+        }
+    }
+
+    // A write the database refuses fails alone; the batch it rode in is stored without it.
+    let sagas = stored(&db, 8).await;
+    let mut tx = db.begin().await.unwrap();
+    refuse_poison(&mut tx).await;
+    tx.commit().await.unwrap();
+    let writes = sagas
+        .iter()
+        .enumerate()
+        .map(|(i, s)| write_ahead(s, if i == 5 { "poison" } else { "c" }))
+        .collect();
+    let results = write_all(&journal, writes).await;
+    for (i, (s, r)) in sagas.iter().zip(&results).enumerate() {
+        let (row, events, attempts) = read(&db, &s.saga_id).await;
+        if i == 5 {
+            assert!(r.is_err(), "{r:?}");
+            assert_eq!(
+                (row.version, events, attempts),
+                (1, 0, 0),
+                "nothing half-stored"
+            );
+        } else {
+            assert!(matches!(r, Ok(Saved::Written { .. })), "{r:?}");
+            assert_eq!((row.version, events, attempts), (2, 1, 1));
+        }
+    }
+}
