@@ -218,6 +218,9 @@ impl Db {
                 }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
+                    // An SQLite connection does not go stale; pinging it on every checkout
+                    // would cost a round trip to its worker thread per transaction.
+                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options)
                     .await
@@ -236,6 +239,10 @@ impl Db {
                 }
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
+                    // No ping round trip per transaction: a connection the server dropped
+                    // fails its statement with an I/O error, which callers treat as transient
+                    // and retry, and the pool discards it.
+                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options)
                     .await
