@@ -5,6 +5,9 @@
 //! * [`api`]: the `CheckoutService` handlers and the server that carries them.
 //! * [`clients`]: the gRPC clients of cart, inventory, payment and fulfillment. The orchestrator
 //!   talks to the services only through these, also when all five run in one process.
+//! * [`runner`]: the saga engine (drivers, sweeper); [`saga`]: its pure state machine;
+//!   [`journal`]: the group commit its drivers write through; [`changes`]: per-saga change
+//!   notices for callers waiting on a checkout; [`store`]: every SQL statement.
 //! * migrations: `migrations/sqlite/orchestrator` and `migrations/postgres/orchestrator`,
 //!   embedded in [`MIGRATIONS`].
 

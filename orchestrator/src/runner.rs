@@ -1,7 +1,9 @@
 //! The imperative shell around the saga machine: claims a saga's lease, writes each attempt
 //! ahead of its command, sends the command, records the result, and loops until the saga is
-//! over or parked. A bounded pool of workers drives sagas; a sweeper resumes those whose lease
-//! lapsed (a crashed replica) or whose retry is due.
+//! over or parked. One durable write per step: a result is stored with the next step's
+//! write-ahead record (or with the saga's end), through the [`journal`](crate::journal) that
+//! group-commits all drivers' writes. A bounded pool of workers drives sagas; a sweeper resumes
+//! those whose lease lapsed (a crashed replica) or whose retry is due.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
