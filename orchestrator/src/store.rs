@@ -1,7 +1,7 @@
 //! Every SQL statement of the orchestrator: sagas, their steps, attempts and timeline. Writes by
 //! the replica driving a saga are fenced by its lease and the saga's version.
 
-use checkout_kit::db::{Backend, DbError, Tx};
+use checkout_kit::db::{Backend, DbError, Tx, values_list};
 use checkout_kit::on_backend;
 
 /// A saga row.
@@ -174,7 +174,7 @@ pub async fn insert_saga(
         "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
            compensation_attempts, forward_retry_base, compensation_retry_base, may_have_applied) \
          VALUES {}",
-        placeholders(tx.backend(), rows.len(), 9)
+        values_list(tx.backend(), rows.len(), 9)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -277,33 +277,6 @@ pub struct SagaSave<'a> {
     pub release: bool,
 }
 
-/// The VALUES list of a multi-row statement: `rows` tuples of `cols` placeholders, numbered
-/// (`$1`) on Postgres and anonymous (`?`) on SQLite, where sqlx resolves each numbered one by a
-/// linear search and so makes large statements quadratic.
-fn placeholders(backend: Backend, rows: usize, cols: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            match backend {
-                Backend::Sqlite => out.push('?'),
-                Backend::Postgres => {
-                    out.push('$');
-                    out.push_str(&(r * cols + c + 1).to_string());
-                }
-            }
-        }
-        out.push(')');
-    }
-    out
-}
-
 /// Splits rows into runs of 64, 32, …, 1, so multi-row statements come in a few shapes that
 /// stay in the prepared-statement cache.
 fn runs<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
@@ -351,7 +324,7 @@ async fn save_saga_run(
            AND sagas.lease_owner = v.column3 \
            AND (sagas.cancel_requested = FALSE OR v.column15 = FALSE) \
          RETURNING sagas.saga_id, sagas.cancel_requested",
-        placeholders(tx.backend(), saves.len(), 16)
+        values_list(tx.backend(), saves.len(), 16)
     );
     Ok(on_backend!(tx, conn => {
         let mut q = sqlx::query_as(&sql);
@@ -394,7 +367,7 @@ async fn save_step_run(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), Db
            compensation_retry_base = v.column7, may_have_applied = v.column8 \
          FROM (VALUES {}) AS v \
          WHERE saga_steps.saga_id = v.column1 AND saga_steps.step_index = v.column2",
-        placeholders(tx.backend(), steps.len(), 8)
+        values_list(tx.backend(), steps.len(), 8)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -431,7 +404,7 @@ async fn record_attempt_run(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> Re
          ON CONFLICT (saga_id, step_index, direction, number) DO UPDATE SET \
            outcome = excluded.outcome, status_code = excluded.status_code, \
            message = excluded.message, ended_at = excluded.ended_at",
-        placeholders(tx.backend(), attempts.len(), 10)
+        values_list(tx.backend(), attempts.len(), 10)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -508,7 +481,7 @@ async fn append_event_run(
              + v.column2, \
            v.column3, v.column4, v.column5, v.column6, v.column7 \
          FROM (VALUES {}) AS v",
-        placeholders(tx.backend(), events.len(), 7)
+        values_list(tx.backend(), events.len(), 7)
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
@@ -898,14 +871,5 @@ mod tests {
             let joined: Vec<usize> = runs(&rows).flatten().copied().collect();
             assert_eq!(joined, rows);
         }
-    }
-
-    #[test]
-    fn placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
-        assert_eq!(
-            placeholders(Backend::Postgres, 2, 3),
-            "($1, $2, $3), ($4, $5, $6)"
-        );
-        assert_eq!(placeholders(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 }

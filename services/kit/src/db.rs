@@ -218,9 +218,6 @@ impl Db {
                 }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
-                    // An SQLite connection does not go stale; pinging it on every checkout
-                    // would cost a round trip to its worker thread per transaction.
-                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options)
                     .await
@@ -239,10 +236,6 @@ impl Db {
                 }
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
-                    // No ping round trip per transaction: a connection the server dropped
-                    // fails its statement with an I/O error, which callers treat as transient
-                    // and retry, and the pool discards it.
-                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options)
                     .await
@@ -430,6 +423,33 @@ pub async fn server_commits(db: &Db) -> Result<Option<i64>, DbError> {
     }
 }
 
+/// The VALUES list of a multi-row statement: `rows` tuples of `cols` placeholders, numbered
+/// (`$1`) on Postgres and anonymous (`?`) on SQLite, where sqlx resolves each numbered one by a
+/// linear search and so makes large statements quadratic. Bind the values row by row.
+pub fn values_list(backend: Backend, rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => out.push('?'),
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&(r * cols + c + 1).to_string());
+                }
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// A stored epoch-millisecond time as a protobuf `Timestamp`.
 pub fn timestamp(millis: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -490,6 +510,15 @@ mod tests {
         assert_eq!(mmap, 268_435_456);
         assert_eq!(journal, "wal");
         db.close().await;
+    }
+
+    #[test]
+    fn values_lists_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        assert_eq!(
+            values_list(Backend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values_list(Backend::Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 
     #[test]

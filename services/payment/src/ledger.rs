@@ -30,27 +30,24 @@ async fn post(
 ) -> Result<(), DbError> {
     let transaction_id = uuid::Uuid::now_v7().to_string();
     let now = now_millis();
+    let mut entries = Vec::with_capacity(legs.len() * 2);
     for &(debit, credit, amount) in legs.iter().filter(|leg| leg.2 > 0) {
         for (account, direction) in [(debit, "debit"), (credit, "credit")] {
-            storage::insert_entry(
-                tx,
-                &EntryRow {
-                    entry_id: uuid::Uuid::now_v7().to_string(),
-                    transaction_id: transaction_id.clone(),
-                    payment_id: payment.payment_id.clone(),
-                    checkout_id: payment.checkout_id.clone(),
-                    account: account.to_owned(),
-                    direction: direction.to_owned(),
-                    amount_minor: amount,
-                    currency_code: payment.currency_code.clone(),
-                    description: description.to_owned(),
-                    created_at: now,
-                },
-            )
-            .await?;
+            entries.push(EntryRow {
+                entry_id: uuid::Uuid::now_v7().to_string(),
+                transaction_id: transaction_id.clone(),
+                payment_id: payment.payment_id.clone(),
+                checkout_id: payment.checkout_id.clone(),
+                account: account.to_owned(),
+                direction: direction.to_owned(),
+                amount_minor: amount,
+                currency_code: payment.currency_code.clone(),
+                description: description.to_owned(),
+                created_at: now,
+            });
         }
     }
-    Ok(())
+    storage::insert_entries(tx, &entries).await
 }
 
 /// The hold still outstanding on a payment.

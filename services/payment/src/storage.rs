@@ -1,7 +1,7 @@
 //! Every SQL statement of the payment service (payments, ledger, the simulated processor's
 //! books), portable across SQLite and Postgres. Each runs in the caller's transaction.
 
-use checkout_kit::db::{DbError, Tx};
+use checkout_kit::db::{DbError, Tx, values_list};
 use checkout_kit::on_backend;
 
 /// A payment as stored.
@@ -216,26 +216,31 @@ pub struct Change {
     pub card_last4: Option<String>,
 }
 
-/// Appends one ledger entry.
-pub async fn insert_entry(tx: &mut Tx, e: &EntryRow) -> Result<(), DbError> {
+/// Inserts the entries of one ledger transaction in one statement.
+pub async fn insert_entries(tx: &mut Tx, entries: &[EntryRow]) -> Result<(), DbError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let sql = format!(
-        "INSERT INTO ledger_entries ({ENTRY_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        "INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
+        values_list(tx.backend(), entries.len(), 10)
     );
     on_backend!(tx, conn => {
-        sqlx::query(&sql)
-            .bind(&e.entry_id)
-            .bind(&e.transaction_id)
-            .bind(&e.payment_id)
-            .bind(&e.checkout_id)
-            .bind(&e.account)
-            .bind(&e.direction)
-            .bind(e.amount_minor)
-            .bind(&e.currency_code)
-            .bind(&e.description)
-            .bind(e.created_at)
-            .execute(&mut *conn)
-            .await?;
+        let mut q = sqlx::query(&sql);
+        for e in entries {
+            q = q
+                .bind(&e.entry_id)
+                .bind(&e.transaction_id)
+                .bind(&e.payment_id)
+                .bind(&e.checkout_id)
+                .bind(&e.account)
+                .bind(&e.direction)
+                .bind(e.amount_minor)
+                .bind(&e.currency_code)
+                .bind(&e.description)
+                .bind(e.created_at);
+        }
+        q.execute(&mut *conn).await?;
     });
     Ok(())
 }
