@@ -698,76 +698,70 @@ pub async fn list(
     }))
 }
 
+/// A value bound to a statement whose plan is asked for.
+#[derive(Debug, Clone, Copy)]
+enum Arg<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+/// The plan of one statement with its arguments, one line per plan node.
+async fn explain(tx: &mut Tx, sql: &str, args: &[Arg<'_>]) -> Result<Vec<String>, DbError> {
+    Ok(match tx {
+        Tx::Sqlite(tx, _) => {
+            let sql = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
+            for arg in args {
+                q = match *arg {
+                    Arg::Int(v) => q.bind(v),
+                    Arg::Text(v) => q.bind(v),
+                };
+            }
+            q.fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|(_, _, _, detail)| detail)
+                .collect()
+        }
+        Tx::Postgres(tx) => {
+            let sql = format!("EXPLAIN {sql}");
+            let mut q = sqlx::query_scalar(&sql);
+            for arg in args {
+                q = match *arg {
+                    Arg::Int(v) => q.bind(v),
+                    Arg::Text(v) => q.bind(v),
+                };
+            }
+            q.fetch_all(&mut **tx).await?
+        }
+    })
+}
+
 /// The plans the database picks for the sweeper's query and every listing query, by name:
 /// `EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN` on Postgres.
 pub async fn query_plans(tx: &mut Tx) -> Result<Vec<(String, Vec<String>)>, DbError> {
-    let mut plans = Vec::new();
-    let prefix = match tx.backend() {
-        Backend::Sqlite => "EXPLAIN QUERY PLAN ",
-        Backend::Postgres => "EXPLAIN ",
-    };
-    let due = format!("{prefix}{}", due_sql(tx.backend()));
-    let lines: Vec<String> = match tx {
-        Tx::Sqlite(tx, _) => sqlx::query_as::<_, (i64, i64, i64, String)>(&due)
-            .bind(0_i64)
-            .bind(10_i64)
-            .bind("replica")
-            .fetch_all(&mut **tx)
-            .await?
-            .into_iter()
-            .map(|r| r.3)
-            .collect(),
-        Tx::Postgres(tx) => {
-            sqlx::query_scalar(&due)
-                .bind(0_i64)
-                .bind(10_i64)
-                .bind("replica")
-                .fetch_all(&mut **tx)
-                .await?
-        }
-    };
-    plans.push(("sweeper: due sagas".to_owned(), lines));
+    let due = due_sql(tx.backend());
+    let due_args = [Arg::Int(0), Arg::Int(10), Arg::Text("replica")];
+    let mut plans = vec![(
+        "sweeper: due sagas".to_owned(),
+        explain(tx, due, &due_args).await?,
+    )];
     for (name, customer, status) in [
         ("list: all", false, false),
         ("list: one customer", true, false),
         ("list: one status", false, true),
         ("list: one customer, one status", true, true),
     ] {
-        let sql = format!("{prefix}{}", list_sql(customer, status));
-        let lines: Vec<String> = match tx {
-            Tx::Sqlite(tx, _) => {
-                let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
-                if customer {
-                    q = q.bind("customer");
-                }
-                if status {
-                    q = q.bind("completed");
-                }
-                q.bind(i64::MAX)
-                    .bind("")
-                    .bind(50_i64)
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .into_iter()
-                    .map(|r| r.3)
-                    .collect()
-            }
-            Tx::Postgres(tx) => {
-                let mut q = sqlx::query_scalar(&sql);
-                if customer {
-                    q = q.bind("customer");
-                }
-                if status {
-                    q = q.bind("completed");
-                }
-                q.bind(i64::MAX)
-                    .bind("")
-                    .bind(50_i64)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-        };
-        plans.push((name.to_owned(), lines));
+        let mut args = Vec::new();
+        if customer {
+            args.push(Arg::Text("customer"));
+        }
+        if status {
+            args.push(Arg::Text("completed"));
+        }
+        args.extend([Arg::Int(i64::MAX), Arg::Text(""), Arg::Int(50)]);
+        let sql = list_sql(customer, status);
+        plans.push((name.to_owned(), explain(tx, &sql, &args).await?));
     }
     Ok(plans)
 }
