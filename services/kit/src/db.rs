@@ -272,7 +272,19 @@ impl Db {
         Ok(match self {
             Self::Sqlite(pool, gate) => {
                 let turn = gate.0.clone().lock_owned().await;
-                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
+                // sqlx checks a custom BEGIN with one more await after the database has run
+                // it; a caller cancelled there (a client's deadline) would return the
+                // connection to the pool inside a write transaction nobody owns, holding the
+                // write lock until the pool retires it. The spawned task always finishes the
+                // begin; if nobody takes the transaction, dropping it rolls back before the turn
+                // at the gate is given back.
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    Ok::<_, sqlx::Error>(Tx::Sqlite(tx, Some(turn)))
+                })
+                .await
+                .map_err(|_| sqlx::Error::WorkerCrashed)??
             }
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -509,6 +521,64 @@ mod tests {
         tx.rollback().await.unwrap();
         assert_eq!(mmap, 268_435_456);
         assert_eq!(journal, "wal");
+        db.close().await;
+    }
+
+    /// Polls `fut` until it is ready or has waited `waits` times, then drops it: a caller
+    /// whose deadline fires at each await point in turn.
+    async fn cancelled_after<F: std::future::Future>(fut: F, waits: usize) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        let mut seen = 0;
+        std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+            std::task::Poll::Pending => {
+                seen += 1;
+                if seen >= waits {
+                    std::task::Poll::Ready(None)
+                } else {
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_cancelled_at_any_await_leaves_the_database_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/x.db", dir.path().display());
+        let config = PoolConfig {
+            max_connections: 4,
+            // A leaked write transaction makes the next writer fail fast instead of hanging.
+            sqlite_busy_timeout: Duration::from_millis(200),
+            ..PoolConfig::default()
+        };
+        let db = Db::connect(&url, &config).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        on_backend!(&mut tx, conn => {
+            sqlx::query("CREATE TABLE t (x INTEGER)").execute(&mut *conn).await.unwrap();
+        });
+        tx.commit().await.unwrap();
+        for round in 0..200 {
+            let waits = round % 10 + 1;
+            // Cancelled while beginning, writing or committing.
+            let write = async {
+                let mut tx = db.begin().await?;
+                on_backend!(&mut tx, conn => {
+                    sqlx::query("INSERT INTO t (x) VALUES (1)").execute(&mut *conn).await?;
+                });
+                tx.commit().await
+            };
+            drop(cancelled_after(write, waits).await);
+            let mut tx = db
+                .begin()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: write lock left taken: {e}"));
+            on_backend!(&mut tx, conn => {
+                sqlx::query("INSERT INTO t (x) VALUES (2)").execute(&mut *conn).await.unwrap();
+            });
+            tx.commit().await.unwrap();
+        }
         db.close().await;
     }
 
