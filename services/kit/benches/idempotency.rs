@@ -1,5 +1,5 @@
 //! Cost of the idempotency layer per request, on both backends:
-//! * `claim_and_complete`: a new request_id — claim, savepoint, store the answer, commit;
+//! * `claim_and_complete`: a new request_id — claim, store the answer, commit;
 //! * `replay`: a repeated request_id — read the stored answer;
 //! * `bare_write_transaction`: the floor, one write transaction with one small insert.
 //!

@@ -218,6 +218,11 @@ impl Db {
                 }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(config.max_connections)
+                    // No ping per checkout (a round trip to the connection's worker thread per
+                    // transaction): an SQLite connection does not go stale, and sqlx already
+                    // pings each connection when it is released, which is where one a
+                    // cancelled statement left inconsistent is caught and closed.
+                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options)
                     .await
@@ -236,6 +241,10 @@ impl Db {
                 }
                 let pool = PgPoolOptions::new()
                     .max_connections(config.max_connections)
+                    // No ping round trip per transaction (the release ping stays): a connection
+                    // the server dropped while idle fails its first statement with an I/O
+                    // error, which callers treat as transient and retry.
+                    .test_before_acquire(false)
                     .acquire_timeout(config.acquire_timeout)
                     .connect_with(options)
                     .await
@@ -306,6 +315,19 @@ impl Db {
         match self {
             Self::Sqlite(pool, _) => pool.close().await,
             Self::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// The file of an SQLite database (`None` on Postgres and for in-memory databases).
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Self::Sqlite(pool, _) => {
+                let options = pool.connect_options();
+                let file = options.get_filename();
+                let in_memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:";
+                (!in_memory).then(|| file.to_path_buf())
+            }
+            Self::Postgres(_) => None,
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! * Database-only effects: [`Idempotency::begin`] opens one write transaction that claims the
 //!   key; the handler makes its change in [`Pending::tx`]; [`Pending::finish`] stores the answer
-//!   in the same transaction and commits. The effect happens exactly once, and concurrent
+//!   in the same transaction and commits (a business refusal instead rolls the handler's changes
+//!   back with the claim and is stored in a transaction of its own). The effect happens exactly once, and concurrent
 //!   duplicates wait for the first and then replay its answer. The [`idempotent!`] macro writes
 //!   this for a handler.
 //! * Effects outside the database (the payment processor): [`Idempotency::start`] claims the
@@ -78,6 +79,8 @@ pub struct Idempotency {
 
 /// What claiming a key found.
 #[derive(Debug)]
+// Lives for one match right after the claim; boxing the transaction would only add a heap trip.
+#[allow(clippy::large_enum_variant)]
 pub enum Claimed<T> {
     /// The key was done before: its stored answer.
     Replay(Result<T, Status>),
@@ -91,6 +94,7 @@ pub struct Pending<T> {
     key: Key,
     lock_token: String,
     tx: Tx,
+    layer: Idempotency,
     _answer: PhantomData<fn() -> T>,
 }
 
@@ -163,17 +167,13 @@ impl Idempotency {
             .await
             .map_err(db_status)?;
         match outcome {
-            ClaimOutcome::Claimed { .. } => {
-                // Business refusals roll back to here, so the key keeps the refusal and the
-                // handler's partial changes vanish.
-                store::savepoint(&mut tx).await.map_err(db_status)?;
-                Ok(Claimed::New(Pending {
-                    key,
-                    lock_token: token,
-                    tx,
-                    _answer: PhantomData,
-                }))
-            }
+            ClaimOutcome::Claimed { .. } => Ok(Claimed::New(Pending {
+                key,
+                lock_token: token,
+                tx,
+                layer: self.clone(),
+                _answer: PhantomData,
+            })),
             ClaimOutcome::Found(found) => {
                 tx.rollback().await.map_err(db_status)?;
                 Ok(Claimed::Replay(settle(&key, found)?))
@@ -208,6 +208,39 @@ impl Idempotency {
             ClaimOutcome::Found(found) => {
                 tx.rollback().await.map_err(db_status)?;
                 Ok(Started::Replay(settle(&key, found)?))
+            }
+        }
+    }
+
+    /// Stores a business refusal under a key whose claim was rolled back with the handler's
+    /// changes. If another caller claimed the key in between, its answer (or its lock) is what
+    /// every caller of the key sees, this one included.
+    async fn store_refusal<T: Message + Default>(
+        &self,
+        key: Key,
+        answer: StoredAnswer,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let mut tx = self.db.begin().await.map_err(db_status)?;
+        let token = new_token();
+        let outcome = store::claim(&mut tx, &key, &token, &self.config)
+            .await
+            .map_err(db_status)?;
+        match outcome {
+            ClaimOutcome::Claimed { .. } => {
+                if !store::complete(&mut tx, &key, &token, &answer)
+                    .await
+                    .map_err(db_status)?
+                {
+                    tx.rollback().await.map_err(db_status)?;
+                    return Err(taken_over());
+                }
+                tx.commit().await.map_err(db_status)?;
+                result
+            }
+            ClaimOutcome::Found(found) => {
+                tx.rollback().await.map_err(db_status)?;
+                settle(&key, found)?
             }
         }
     }
@@ -259,9 +292,11 @@ impl<T: Message + Default> Pending<T> {
             return result;
         }
         if answer.code != Code::Ok {
-            store::rollback_to_savepoint(&mut self.tx)
-                .await
-                .map_err(db_status)?;
+            // A refusal keeps none of the handler's changes: they go with the claim, and the
+            // refusal is stored on its own. Refusals are the rare path, so the common one pays
+            // no savepoint.
+            self.tx.rollback().await.map_err(db_status)?;
+            return self.layer.store_refusal(self.key, answer, result).await;
         }
         let fenced = store::complete(&mut self.tx, &self.key, &self.lock_token, &answer)
             .await

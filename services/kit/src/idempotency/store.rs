@@ -295,21 +295,6 @@ pub(super) async fn unlock(tx: &mut Tx, key: &Key, token: &str) -> Result<bool, 
     Ok(updated == 1)
 }
 
-const SAVEPOINT: &str = "SAVEPOINT idempotent_effect";
-const ROLLBACK_TO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT idempotent_effect";
-
-/// Marks the point after the claim, to which a business refusal rolls back.
-pub(super) async fn savepoint(tx: &mut Tx) -> Result<(), DbError> {
-    on_backend!(tx, conn => { sqlx::query(SAVEPOINT).execute(&mut *conn).await?; });
-    Ok(())
-}
-
-/// Undoes the handler's changes, keeping the claim.
-pub(super) async fn rollback_to_savepoint(tx: &mut Tx) -> Result<(), DbError> {
-    on_backend!(tx, conn => { sqlx::query(ROLLBACK_TO_SAVEPOINT).execute(&mut *conn).await?; });
-    Ok(())
-}
-
 /// Deletes up to `batch` keys past retention whose lock is free.
 pub(super) async fn delete_expired(tx: &mut Tx, batch: u32) -> Result<u64, DbError> {
     let now = now_millis();

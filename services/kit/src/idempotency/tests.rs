@@ -190,6 +190,39 @@ async fn business_errors_are_stored_and_replayed_byte_for_byte_without_their_cha
     assert_eq!(keys(&db).await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_overtaken_by_a_duplicate_answers_what_the_duplicate_stored() {
+    let (_database, db, layer) = setup(IdempotencyConfig::default()).await;
+    let request = request(&id(), 1);
+    let key = Key::new(SCOPE, &request).unwrap();
+    let mut duplicate = None;
+    let refused: Result<Cart, Status> = async {
+        crate::idempotent!(layer, key, |tx| {
+            record_effect(tx, "partial").await?;
+            // A duplicate arrives while this attempt holds the claim; it queues behind it (at the
+            // write gate on SQLite, on the key's row lock on Postgres) and claims the key the
+            // moment this attempt's refusal rolls the claim back.
+            let (layer, request) = (layer.clone(), request.clone());
+            duplicate = Some(tokio::spawn(
+                async move { add_item(&layer, &request).await },
+            ));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err(
+                Rejection::new(Code::FailedPrecondition, "CART_NOT_EDITABLE", "locked")
+                    .into_status(),
+            )
+        })
+    }
+    .await;
+    let duplicate = duplicate.unwrap().await.unwrap().unwrap();
+    assert_eq!(duplicate, answer(1));
+    // One key, one answer: the refused attempt reports what the key now holds.
+    assert_eq!(refused.unwrap(), duplicate);
+    assert_eq!(add_item(&layer, &request).await.unwrap(), duplicate);
+    assert_eq!(effects(&db).await, 1);
+    assert_eq!(keys(&db).await, 1);
+}
+
 #[tokio::test]
 async fn transient_failures_are_not_stored_so_a_retry_runs_again() {
     let (_database, db, layer) = setup(IdempotencyConfig::default()).await;
