@@ -20,7 +20,7 @@ use checkout_kit::tls::{ClientTls, ServerTls};
 use checkout_orchestrator::checkout_saga::{self, CheckoutSteps};
 use checkout_orchestrator::clients::{ServiceClients, ServiceEndpointError, ServiceEndpoints};
 use checkout_orchestrator::runner::{Engine, EngineConfig};
-use checkout_payment::processor::SimulatedProcessor;
+use checkout_payment::processor::{SimulatedProcessor, open_books};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -235,10 +235,13 @@ pub struct ServerParts {
     pub server: GrpcServer,
     /// The orchestrator's saga engine (its sweeper runs beside the server).
     pub engine: Option<Engine>,
+    /// Databases opened beside the role's own (the simulated processor's books), closed after
+    /// the server stops.
+    pub side_databases: Vec<Db>,
 }
 
 /// The server of a role over its database; the orchestrator also gets the service endpoints.
-pub fn build_server(
+pub async fn build_server(
     role: Role,
     db: Db,
     settings: &Settings,
@@ -246,6 +249,7 @@ pub fn build_server(
 ) -> Result<ServerParts, LaunchError> {
     let idempotency = Idempotency::new(db.clone(), settings.idempotency.clone());
     let limits = settings.limits.clone();
+    let mut side_databases = Vec::new();
     let (server, engine) = match role {
         Role::Cart => (
             checkout_cart::api::grpc_server(db, idempotency, limits),
@@ -256,7 +260,11 @@ pub fn build_server(
             None,
         ),
         Role::Payment => {
-            let processor = Arc::new(SimulatedProcessor::new(db.clone()));
+            let books = open_books(&db, &settings.pool)
+                .await
+                .map_err(|source| LaunchError::Database { role, source })?;
+            side_databases.push(books.clone());
+            let processor = Arc::new(SimulatedProcessor::new(books));
             let server = checkout_payment::api::grpc_server(db, idempotency, processor, limits);
             (server, None)
         }
@@ -280,7 +288,11 @@ pub fn build_server(
         .with_faults(FaultControl::new(settings.faults.clone()))
         .with_auth(settings.security.auth.clone())
         .with_tls(settings.security.server_tls.clone());
-    Ok(ServerParts { server, engine })
+    Ok(ServerParts {
+        server,
+        engine,
+        side_databases,
+    })
 }
 
 /// A server running on a task.
@@ -292,6 +304,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Its database, closed after it stops.
     pub db: Db,
+    side_databases: Vec<Db>,
     task: JoinHandle<Result<(), ServerError>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -322,6 +335,7 @@ impl RunningServer {
             role,
             addr,
             db,
+            side_databases: parts.side_databases,
             task,
             background,
         })
@@ -342,6 +356,9 @@ impl RunningServer {
             let _ = task.await;
         }
         self.db.close().await;
+        for db in self.side_databases {
+            db.close().await;
+        }
         result
     }
 }
@@ -398,7 +415,7 @@ impl System {
         let (trigger, shutdown) = Shutdown::new();
         let mut servers = Vec::new();
         for (role, db, listener) in prepared {
-            let server = build_server(role, db.clone(), settings, &endpoints)?;
+            let server = build_server(role, db.clone(), settings, &endpoints).await?;
             servers.push(RunningServer::spawn(
                 role,
                 db,
@@ -467,6 +484,18 @@ pub async fn migrate(
     for (role, url) in targets {
         let db = open_database(*role, url, pool).await?;
         done.push((*role, db.describe()));
+        if *role == Role::Payment {
+            let books = open_books(&db, pool)
+                .await
+                .map_err(|source| LaunchError::Database {
+                    role: *role,
+                    source,
+                })?;
+            if books.sqlite_file().is_some() {
+                done.push((*role, books.describe()));
+            }
+            books.close().await;
+        }
         db.close().await;
     }
     Ok(done)

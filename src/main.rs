@@ -140,8 +140,10 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         .database_url
         .unwrap_or_else(|| sqlite_url(std::path::Path::new("data"), Role::Payment));
     let db = launch::open_database(Role::Payment, &url, &args.server.pool()).await?;
-    let processor = SimulatedProcessor::new(db.clone());
+    let books = checkout_payment::processor::open_books(&db, &args.server.pool()).await?;
+    let processor = SimulatedProcessor::new(books.clone());
     let report = checkout_payment::reconcile::reconcile(&db, &processor).await;
+    books.close().await;
     db.close().await;
     let report = report.context("reconciliation failed")?;
     println!(
@@ -265,7 +267,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let db = launch::open_database(role, &url, &settings.pool).await?;
     launch::prepare(role, &db, &settings).await?;
     let listener = launch::bind(role, &listen).await?;
-    let server = launch::build_server(role, db.clone(), &settings, &endpoints)?;
+    let server = launch::build_server(role, db.clone(), &settings, &endpoints).await?;
     let running = RunningServer::spawn(
         role,
         db,

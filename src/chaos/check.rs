@@ -16,6 +16,8 @@ pub struct Databases {
     pub inventory: Db,
     /// Payment.
     pub payment: Db,
+    /// The simulated processor's books (beside the payment database).
+    pub processor: Db,
     /// Fulfillment.
     pub fulfillment: Db,
     /// Orchestrator.
@@ -84,7 +86,7 @@ pub async fn check(dbs: &Databases, initial: &StockFixture) -> Result<Vec<Verdic
         checkout_payment::storage::all_payments(tx).await
     })
     .await?;
-    let records = read(&dbs.payment, async |tx| {
+    let records = read(&dbs.processor, async |tx| {
         checkout_payment::storage::all_processor_records(tx).await
     })
     .await?;
@@ -110,7 +112,7 @@ pub async fn check(dbs: &Databases, initial: &StockFixture) -> Result<Vec<Verdic
     .await?;
     let reconciliation = checkout_payment::reconcile::reconcile(
         &dbs.payment,
-        &SimulatedProcessor::new(dbs.payment.clone()),
+        &SimulatedProcessor::new(dbs.processor.clone()),
     )
     .await
     .map_err(|e| CheckError::Reconcile(e.to_string()))?;

@@ -152,10 +152,15 @@ pub async fn open(urls: &BTreeMap<&'static str, String>) -> Result<Databases, Ch
     };
     let db =
         |r: Result<Db, crate::launch::LaunchError>| r.map_err(|e| ChaosError::Setup(e.to_string()));
+    let payment = db(open(Role::Payment).await)?;
+    let processor = checkout_payment::processor::open_books(&payment, &pool)
+        .await
+        .map_err(|e| ChaosError::Setup(e.to_string()))?;
     Ok(Databases {
         cart: db(open(Role::Cart).await)?,
         inventory: db(open(Role::Inventory).await)?,
-        payment: db(open(Role::Payment).await)?,
+        payment,
+        processor,
         fulfillment: db(open(Role::Fulfillment).await)?,
         orchestrator: db(open(Role::Orchestrator).await)?,
     })
@@ -430,6 +435,7 @@ pub async fn run(plan: &ChaosPlan) -> Result<Report, ChaosError> {
         &dbs.cart,
         &dbs.inventory,
         &dbs.payment,
+        &dbs.processor,
         &dbs.fulfillment,
         &dbs.orchestrator,
     ] {

@@ -85,7 +85,7 @@ async fn a_short_run_holds_and_the_checker_names_each_violation() {
         ),
         (
             "no_double_capture",
-            "payment",
+            "payment-processor",
             "INSERT INTO processor_records SELECT processor_key || '-again', operation, outcome, \
           reference, authorization_key, amount_minor, currency_code, decline_code, created_at \
           FROM processor_records WHERE operation = 'capture' LIMIT 1",

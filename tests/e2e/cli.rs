@@ -291,8 +291,13 @@ async fn reconcile_passes_clean_books_and_fails_on_a_mismatch() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("the books agree"), "{stdout}");
 
-    let db =
+    let payment =
         checkout_kit::db::Db::connect(database.url(), &checkout_kit::db::PoolConfig::default())
+            .await
+            .unwrap();
+    // The charge goes into the processor's books, wherever they are kept.
+    let db =
+        checkout_payment::processor::open_books(&payment, &checkout_kit::db::PoolConfig::default())
             .await
             .unwrap();
     let mut tx = db.begin().await.unwrap();
@@ -308,6 +313,7 @@ async fn reconcile_passes_clean_books_and_fails_on_a_mismatch() {
     });
     tx.commit().await.unwrap();
     db.close().await;
+    payment.close().await;
 
     let (ok, stdout, stderr) =
         run(checkout().args(["reconcile", "--database-url", database.url()]));

@@ -95,7 +95,10 @@ impl Drop for Orchestrator {
 }
 
 async fn processor_counts(sys: &TestSystem) -> (i64, i64) {
-    let db = Db::connect(sys.database_url(Role::Payment), &PoolConfig::default())
+    let payment = Db::connect(sys.database_url(Role::Payment), &PoolConfig::default())
+        .await
+        .unwrap();
+    let db = checkout_payment::processor::open_books(&payment, &PoolConfig::default())
         .await
         .unwrap();
     let sql =
@@ -119,6 +122,7 @@ async fn processor_counts(sys: &TestSystem) -> (i64, i64) {
     };
     let counts = (count("authorize").await, count("capture").await);
     db.close().await;
+    payment.close().await;
     counts
 }
 

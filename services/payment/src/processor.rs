@@ -1,7 +1,7 @@
 //! The payment processor: a trait a real adapter implements, and the simulated processor used
 //! here, which keeps its own books and is idempotent on the caller's processor-side key.
 
-use checkout_kit::db::{Db, DbError, Tx, now_millis};
+use checkout_kit::db::{Db, DbError, PoolConfig, now_millis};
 
 use crate::storage::{self, ProcessorRow};
 
@@ -83,6 +83,25 @@ pub mod tokens {
     pub const RESPONSE_LOST: &str = "tok_chargedResponseLost";
 }
 
+/// Opens the database the simulated processor keeps its books in, beside a payment database.
+/// On SQLite that is a file of its own next to the payment file (`<name>-processor.db`): the
+/// processor stands in for an external system, so its writes do not queue behind the payment
+/// service's single writer. On Postgres, where writers do not queue, it is the payment
+/// database's own `processor_records` table.
+pub async fn open_books(payment: &Db, pool: &PoolConfig) -> Result<Db, DbError> {
+    let Some(file) = payment.sqlite_file() else {
+        return Ok(payment.clone());
+    };
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let books = file.with_file_name(format!("{stem}-processor.db"));
+    let db = Db::connect(&format!("sqlite://{}", books.display()), pool).await?;
+    db.migrate(&crate::MIGRATIONS).await?;
+    Ok(db)
+}
+
 /// The simulated processor, keeping its books in `processor_records`.
 #[derive(Debug, Clone)]
 pub struct SimulatedProcessor {
@@ -150,17 +169,73 @@ fn answer(row: &ProcessorRow, card_last4: &str) -> Result<Approval, ProcessorErr
 async fn book(db: &Db, row: ProcessorRow) -> Result<(ProcessorRow, bool), ProcessorError> {
     let mut tx = db.begin().await?;
     let fresh = storage::insert_processor_record(&mut tx, &row).await?;
-    let stored = storage::processor_record(&mut tx, &row.processor_key, &row.operation)
-        .await?
-        .ok_or_else(|| ProcessorError::Unavailable("record vanished".to_owned()))?;
+    let stored = if fresh {
+        row
+    } else {
+        storage::processor_record(&mut tx, &row.processor_key, &row.operation)
+            .await?
+            .ok_or_else(|| ProcessorError::Unavailable("record vanished".to_owned()))?
+    };
     tx.commit().await?;
     Ok((stored, fresh))
 }
 
-async fn authorization(tx: &mut Tx, key: &str) -> Result<Option<ProcessorRow>, ProcessorError> {
-    Ok(storage::processor_record(tx, key, "authorize")
-        .await?
-        .filter(|r| r.outcome == "approved"))
+/// What the books hold for one call: the records under its own key and about its
+/// authorization, read in one statement.
+struct Books {
+    key: String,
+    authorization_key: String,
+    rows: Vec<ProcessorRow>,
+}
+
+impl Books {
+    async fn read(db: &Db, key: &str, authorization_key: &str) -> Result<Self, ProcessorError> {
+        let mut tx = db.begin_read().await?;
+        let rows = storage::processor_books(&mut tx, key, authorization_key).await?;
+        tx.rollback().await?;
+        Ok(Self {
+            key: key.to_owned(),
+            authorization_key: authorization_key.to_owned(),
+            rows,
+        })
+    }
+
+    /// The call's own record of `operation`, if it ran before.
+    fn own(&self, operation: &str) -> Option<&ProcessorRow> {
+        self.rows
+            .iter()
+            .find(|r| r.processor_key == self.key && r.operation == operation)
+    }
+
+    /// The records about the authorization.
+    fn of_authorization(&self) -> impl Iterator<Item = &ProcessorRow> {
+        self.rows
+            .iter()
+            .filter(|r| r.authorization_key == self.authorization_key)
+    }
+
+    /// The approved authorization itself.
+    fn authorization(&self) -> Option<&ProcessorRow> {
+        self.of_authorization().find(|r| {
+            r.processor_key == self.authorization_key
+                && r.operation == "authorize"
+                && r.outcome == "approved"
+        })
+    }
+
+    /// True once the authorization was voided.
+    fn voided(&self) -> bool {
+        self.of_authorization()
+            .any(|r| r.processor_key == self.authorization_key && r.operation == "void")
+    }
+
+    /// The sum of the approved records of `operation` about the authorization.
+    fn approved(&self, operation: &str) -> i64 {
+        self.of_authorization()
+            .filter(|r| r.operation == operation && r.outcome == "approved")
+            .map(|r| r.amount_minor)
+            .sum()
+    }
 }
 
 #[tonic::async_trait]
@@ -172,16 +247,11 @@ impl PaymentProcessor for SimulatedProcessor {
         amount_minor: i64,
         currency: &str,
     ) -> Result<Approval, ProcessorError> {
-        let mut tx = self.db.begin_read().await?;
-        let existing = storage::processor_record(&mut tx, key, "authorize").await?;
-        let voided = storage::processor_record(&mut tx, key, "void")
-            .await?
-            .is_some();
-        tx.rollback().await?;
-        if let Some(row) = existing {
-            return answer(&row, "4242");
+        let books = Books::read(&self.db, key, key).await?;
+        if let Some(row) = books.own("authorize") {
+            return answer(row, "4242");
         }
-        if voided {
+        if books.voided() {
             return Err(ProcessorError::Declined("authorization_voided".to_owned()));
         }
         let decline = match token {
@@ -208,23 +278,18 @@ impl PaymentProcessor for SimulatedProcessor {
         authorization_key: &str,
         amount_minor: i64,
     ) -> Result<Approval, ProcessorError> {
-        let mut tx = self.db.begin_read().await?;
-        let existing = storage::processor_record(&mut tx, key, "capture").await?;
-        let auth = authorization(&mut tx, authorization_key).await?;
-        let voided = storage::processor_record(&mut tx, authorization_key, "void")
-            .await?
-            .is_some();
-        tx.rollback().await?;
-        if let Some(row) = existing {
-            return answer(&row, "");
+        let books = Books::read(&self.db, key, authorization_key).await?;
+        if let Some(row) = books.own("capture") {
+            return answer(row, "");
         }
-        let decline = match &auth {
+        let auth = books.authorization();
+        let decline = match auth {
             None => Some("authorization_not_found"),
-            Some(_) if voided => Some("authorization_voided"),
+            Some(_) if books.voided() => Some("authorization_voided"),
             Some(a) if amount_minor > a.amount_minor => Some("amount_exceeds_authorization"),
             Some(_) => None,
         };
-        let currency = auth.map(|a| a.currency_code).unwrap_or_default();
+        let currency = auth.map(|a| a.currency_code.clone()).unwrap_or_default();
         let row = record(
             key,
             "capture",
@@ -238,18 +303,13 @@ impl PaymentProcessor for SimulatedProcessor {
     }
 
     async fn void(&self, authorization_key: &str) -> Result<(), ProcessorError> {
-        let mut tx = self.db.begin_read().await?;
-        let captured = storage::processor_records_of(&mut tx, authorization_key)
-            .await?
-            .into_iter()
-            .any(|r| r.operation == "capture" && r.outcome == "approved");
-        let auth = authorization(&mut tx, authorization_key).await?;
-        tx.rollback().await?;
-        if captured {
+        let books = Books::read(&self.db, authorization_key, authorization_key).await?;
+        if books.approved("capture") > 0 {
             return Err(ProcessorError::Declined("already_captured".to_owned()));
         }
-        let (amount, currency) =
-            auth.map_or((0, String::new()), |a| (a.amount_minor, a.currency_code));
+        let (amount, currency) = books.authorization().map_or((0, String::new()), |a| {
+            (a.amount_minor, a.currency_code.clone())
+        });
         book(
             &self.db,
             record(
@@ -271,24 +331,15 @@ impl PaymentProcessor for SimulatedProcessor {
         authorization_key: &str,
         amount_minor: i64,
     ) -> Result<Approval, ProcessorError> {
-        let mut tx = self.db.begin_read().await?;
-        let existing = storage::processor_record(&mut tx, key, "refund").await?;
-        let books = storage::processor_records_of(&mut tx, authorization_key).await?;
-        tx.rollback().await?;
-        if let Some(row) = existing {
-            return answer(&row, "");
+        let books = Books::read(&self.db, key, authorization_key).await?;
+        if let Some(row) = books.own("refund") {
+            return answer(row, "");
         }
-        let approved = |op: &str| -> i64 {
-            books
-                .iter()
-                .filter(|r| r.operation == op && r.outcome == "approved")
-                .map(|r| r.amount_minor)
-                .sum()
-        };
-        let refundable = approved("capture") - approved("refund");
+        let refundable = books.approved("capture") - books.approved("refund");
         let decline = (amount_minor > refundable).then_some("amount_exceeds_capture");
         let currency = books
-            .first()
+            .of_authorization()
+            .next()
             .map(|r| r.currency_code.clone())
             .unwrap_or_default();
         let row = record(

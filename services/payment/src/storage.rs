@@ -309,7 +309,28 @@ pub async fn account_balance(tx: &mut Tx, payment_id: &str, account: &str) -> Re
     Ok(n.unwrap_or(0))
 }
 
-/// One record of the processor's books.
+/// The processor's records a call needs, in one statement: those under the call's own key and
+/// those about its authorization.
+pub async fn processor_books(
+    tx: &mut Tx,
+    processor_key: &str,
+    authorization_key: &str,
+) -> Result<Vec<ProcessorRow>, DbError> {
+    let sql = format!(
+        "SELECT {PROCESSOR_COLUMNS} FROM processor_records \
+         WHERE processor_key = $1 OR authorization_key = $2 \
+         ORDER BY created_at, processor_key"
+    );
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql)
+            .bind(processor_key)
+            .bind(authorization_key)
+            .fetch_all(&mut *conn)
+            .await?
+    }))
+}
+
+/// The processor's record of one operation under one key.
 pub async fn processor_record(
     tx: &mut Tx,
     processor_key: &str,
@@ -325,20 +346,6 @@ pub async fn processor_record(
             .bind(operation)
             .fetch_optional(&mut *conn)
             .await?
-    }))
-}
-
-/// The processor's records about one authorization.
-pub async fn processor_records_of(
-    tx: &mut Tx,
-    authorization_key: &str,
-) -> Result<Vec<ProcessorRow>, DbError> {
-    let sql = format!(
-        "SELECT {PROCESSOR_COLUMNS} FROM processor_records WHERE authorization_key = $1 \
-         ORDER BY created_at, processor_key"
-    );
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(&sql).bind(authorization_key).fetch_all(&mut *conn).await?
     }))
 }
 

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkout_kit::db::Db;
+use checkout_kit::db::{Db, PoolConfig};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::on_backend;
 use checkout_kit::status::reason_of;
 use checkout_kit::testing::TestDatabase;
 use checkout_payment::api::PaymentServiceApi;
 use checkout_payment::processor::{
-    Approval, PaymentProcessor, ProcessorError, SimulatedProcessor, tokens,
+    Approval, PaymentProcessor, ProcessorError, SimulatedProcessor, open_books, tokens,
 };
 use checkout_payment::storage::ProcessorRow;
 use checkout_proto::common::Money;
@@ -21,6 +21,9 @@ use tonic::{Code, Request, Status};
 struct Harness {
     api: PaymentServiceApi,
     db: Db,
+    /// The processor's books: their own file beside the payment database on SQLite, the
+    /// payment database itself on Postgres.
+    books: Db,
     processor: Arc<SimulatedProcessor>,
     _database: TestDatabase,
 }
@@ -31,7 +34,8 @@ async fn harness_with(config: IdempotencyConfig, hang: bool) -> Harness {
         .migrated(&checkout_payment::MIGRATIONS)
         .await
         .unwrap();
-    let processor = Arc::new(SimulatedProcessor::new(db.clone()));
+    let books = open_books(&db, &PoolConfig::default()).await.unwrap();
+    let processor = Arc::new(SimulatedProcessor::new(books.clone()));
     let used: Arc<dyn PaymentProcessor> = if hang {
         Arc::new(HangAfterCall(processor.clone()))
     } else {
@@ -41,6 +45,7 @@ async fn harness_with(config: IdempotencyConfig, hang: bool) -> Harness {
     Harness {
         api: PaymentServiceApi::new(db.clone(), idempotency, used),
         db,
+        books,
         processor,
         _database: database,
     }
@@ -232,8 +237,8 @@ impl Harness {
             .into_inner()
     }
 
-    async fn exec(&self, sql: &str) -> bool {
-        let mut tx = self.db.begin().await.unwrap();
+    async fn exec(&self, db: &Db, sql: &str) -> bool {
+        let mut tx = db.begin().await.unwrap();
         let ok = on_backend!(&mut tx, conn => {
             sqlx::query(sql).execute(&mut *conn).await.is_ok()
         });
@@ -258,6 +263,35 @@ async fn an_authorization_holds_the_amount_in_a_balanced_ledger() {
     assert_eq!(h.balance(&checkout, "holds_outstanding").await, 2500);
     assert_eq!(h.get(&checkout).await.payment_id, payment.payment_id);
     assert!(h.reconcile().await.mismatches.is_empty());
+}
+
+#[tokio::test]
+async fn the_processor_keeps_its_books_apart_from_the_payment_service() {
+    let h = harness().await;
+    h.authorize(&rid(), 2500, tokens::VISA).await.unwrap();
+    let count = |db: Db| async move {
+        let mut tx = db.begin_read().await.unwrap();
+        let n: i64 = on_backend!(&mut tx, conn => {
+            sqlx::query_scalar("SELECT count(*) FROM processor_records")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+        });
+        tx.rollback().await.unwrap();
+        n
+    };
+    assert_eq!(count(h.books.clone()).await, 1);
+    match h.db.sqlite_file() {
+        // A second SQLite writer beside the payment file, as an external processor would be.
+        Some(payment) => {
+            let books = h.books.sqlite_file().unwrap();
+            assert_eq!(books.parent(), payment.parent());
+            assert_ne!(books, payment);
+            assert_eq!(count(h.db.clone()).await, 0);
+        }
+        // Postgres writers do not queue: the payment database's own table.
+        None => assert_eq!(h.books.describe(), h.db.describe()),
+    }
 }
 
 #[tokio::test]
@@ -501,10 +535,14 @@ async fn every_ledger_transaction_balances_and_the_ledger_is_append_only() {
     assert_eq!(by_tx.len(), 3, "hold, capture, refund");
     assert!(by_tx.values().all(|net| *net == 0), "{by_tx:?}");
     assert!(
-        !h.exec("UPDATE ledger_entries SET amount_minor = 1").await,
+        !h.exec(&h.db, "UPDATE ledger_entries SET amount_minor = 1")
+            .await,
         "no updates"
     );
-    assert!(!h.exec("DELETE FROM ledger_entries").await, "no deletes");
+    assert!(
+        !h.exec(&h.db, "DELETE FROM ledger_entries").await,
+        "no deletes"
+    );
     assert_eq!(h.ledger(&checkout).await, entries);
 }
 
@@ -544,6 +582,11 @@ async fn a_capture_racing_a_void_has_exactly_one_winner() {
 }
 
 async fn corrupted(corruption: &str) -> Vec<MismatchKind> {
+    corrupted_in(false, corruption).await
+}
+
+/// Corrupts the payment database, or the processor's books.
+async fn corrupted_in(books: bool, corruption: &str) -> Vec<MismatchKind> {
     let h = harness().await;
     let checkout = rid();
     h.authorize(&checkout, 2000, tokens::VISA).await.unwrap();
@@ -557,7 +600,8 @@ async fn corrupted(corruption: &str) -> Vec<MismatchKind> {
     let sql = corruption
         .replace("{checkout}", &checkout)
         .replace("{other}", &other);
-    assert!(h.exec(&sql).await, "{sql}");
+    let db = if books { &h.books } else { &h.db };
+    assert!(h.exec(db, &sql).await, "{sql}");
     h.reconcile()
         .await
         .mismatches
@@ -574,7 +618,8 @@ async fn reconciliation_reports_each_kind_of_mismatch() {
     .await;
     assert!(captured_without_ledger.contains(&MismatchKind::CapturedWithoutLedger));
 
-    let charge_without_payment = corrupted(
+    let charge_without_payment = corrupted_in(
+        true,
         "INSERT INTO processor_records (processor_key, operation, outcome, reference, \
            authorization_key, amount_minor, currency_code, decline_code, created_at) \
          VALUES ('ghost', 'authorize', 'approved', 'ch_ghost', 'ghost', 999, 'USD', '', 0)",
