@@ -708,7 +708,7 @@ enum Arg<'a> {
 /// The plan of one statement with its arguments, one line per plan node.
 async fn explain(tx: &mut Tx, sql: &str, args: &[Arg<'_>]) -> Result<Vec<String>, DbError> {
     Ok(match tx {
-        Tx::Sqlite(tx, _) => {
+        Tx::Sqlite(tx) => {
             let sql = format!("EXPLAIN QUERY PLAN {sql}");
             let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
             for arg in args {

@@ -117,7 +117,7 @@ async fn read(db: &Db, saga_id: &str) -> (SagaRow, usize, usize) {
 /// Makes the database refuse any timeline event whose message is `poison`.
 async fn refuse_poison(tx: &mut Tx) {
     match tx {
-        Tx::Sqlite(tx, _) => {
+        Tx::Sqlite(tx) => {
             sqlx::query(
                 "CREATE TRIGGER refuse_poison BEFORE INSERT ON saga_events \
                  WHEN NEW.message = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",

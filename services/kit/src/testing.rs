@@ -105,7 +105,7 @@ pub async fn snapshot(db: &Db) -> Result<String, DbError> {
     let mut tx = db.begin_read().await?;
     let mut out = String::new();
     match &mut tx {
-        crate::db::Tx::Sqlite(inner, _) => {
+        crate::db::Tx::Sqlite(inner) => {
             let tables: Vec<String> = sqlx::query_scalar(
                 "SELECT name FROM sqlite_master WHERE type = 'table' \
                  AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY name",

@@ -7,7 +7,6 @@
 //! itself.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
@@ -15,7 +14,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{Postgres, Sqlite, SqliteConnection, Transaction};
+
+mod sqlite_writer;
+
+pub use sqlite_writer::{WriteGate, WriteTx};
 
 /// Which database engine a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,13 +184,6 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-/// Queues this process's SQLite writers in a fair async line. SQLite admits one writer at a
-/// time; without the line, waiting writers nap in SQLite's busy handler (up to 100 ms a nap)
-/// instead of starting the moment the lock frees, and throughput collapses under concurrency.
-/// Writers in other processes still meet the busy timeout.
-#[derive(Debug, Clone, Default)]
-pub struct WriteGate(Arc<tokio::sync::Mutex<()>>);
-
 impl Db {
     /// Opens the database the URL names, creating it when it does not exist yet.
     pub async fn connect(url: &str, config: &PoolConfig) -> Result<Self, DbError> {
@@ -274,26 +270,14 @@ impl Db {
         })
     }
 
-    /// Starts a write transaction. On SQLite it queues at the [`WriteGate`] and then takes the
-    /// write lock up front (`BEGIN IMMEDIATE`), so two writers never both read and then fail to
-    /// upgrade their lock.
+    /// Starts a write transaction. On SQLite it queues at the [`WriteGate`] for the writer
+    /// connection and then takes the write lock up front (`BEGIN IMMEDIATE`), so two writers
+    /// never both read and then fail to upgrade their lock.
     pub async fn begin(&self) -> Result<Tx, DbError> {
         Ok(match self {
             Self::Sqlite(pool, gate) => {
-                let turn = gate.0.clone().lock_owned().await;
-                // sqlx checks a custom BEGIN with one more await after the database has run
-                // it; a caller cancelled there (a client's deadline) would return the
-                // connection to the pool inside a write transaction nobody owns, holding the
-                // write lock until the pool retires it. The spawned task always finishes the
-                // begin; if nobody takes the transaction, dropping it rolls back before the turn
-                // at the gate is given back.
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    let tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    Ok::<_, sqlx::Error>(Tx::Sqlite(tx, Some(turn)))
-                })
-                .await
-                .map_err(|_| sqlx::Error::WorkerCrashed)??
+                let options = pool.connect_options();
+                Tx::Sqlite(SqliteTx::Write(gate.begin(options).await?))
             }
             Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
         })
@@ -302,7 +286,7 @@ impl Db {
     /// Starts a read-only transaction (a consistent snapshot; on SQLite a deferred `BEGIN`).
     pub async fn begin_read(&self) -> Result<Tx, DbError> {
         Ok(match self {
-            Self::Sqlite(pool, _) => Tx::Sqlite(pool.begin().await?, None),
+            Self::Sqlite(pool, _) => Tx::Sqlite(SqliteTx::Read(pool.begin().await?)),
             Self::Postgres(pool) => Tx::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?,
@@ -313,7 +297,10 @@ impl Db {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool, _) => pool.close().await,
+            Self::Sqlite(pool, gate) => {
+                gate.close().await;
+                pool.close().await;
+            }
             Self::Postgres(pool) => pool.close().await,
         }
     }
@@ -354,25 +341,51 @@ impl Db {
 /// An open transaction on one of the two backends.
 #[derive(Debug)]
 pub enum Tx {
-    /// SQLite transaction, holding its turn at the write gate when it writes.
-    Sqlite(
-        Transaction<'static, Sqlite>,
-        Option<tokio::sync::OwnedMutexGuard<()>>,
-    ),
+    /// SQLite transaction.
+    Sqlite(SqliteTx),
     /// PostgreSQL transaction.
     Postgres(Transaction<'static, Postgres>),
+}
+
+/// An SQLite transaction: a read on a pooled connection, or a write on the writer connection
+/// (holding the turn at the gate). Either way it derefs to the connection to run statements on.
+#[derive(Debug)]
+pub enum SqliteTx {
+    /// Deferred `BEGIN` on a pooled connection.
+    Read(Transaction<'static, Sqlite>),
+    /// `BEGIN IMMEDIATE` on the writer connection.
+    Write(WriteTx),
+}
+
+impl std::ops::Deref for SqliteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Self::Read(tx) => tx,
+            Self::Write(tx) => tx.conn_ref(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Read(tx) => tx,
+            Self::Write(tx) => tx.conn(),
+        }
+    }
 }
 
 impl Tx {
     /// Makes the transaction's changes durable.
     pub async fn commit(self) -> Result<(), DbError> {
         match self {
-            // Only write transactions hold a turn at the gate; read ones commit nothing durable.
-            Self::Sqlite(tx, turn) => {
+            // Read transactions commit nothing durable.
+            Self::Sqlite(SqliteTx::Read(tx)) => tx.commit().await?,
+            Self::Sqlite(SqliteTx::Write(tx)) => {
                 tx.commit().await?;
-                if turn.is_some() {
-                    WRITE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                WRITE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Self::Postgres(tx) => {
                 tx.commit().await?;
@@ -385,7 +398,8 @@ impl Tx {
     /// Discards the transaction's changes.
     pub async fn rollback(self) -> Result<(), DbError> {
         match self {
-            Self::Sqlite(tx, _turn) => tx.rollback().await?,
+            Self::Sqlite(SqliteTx::Read(tx)) => tx.rollback().await?,
+            Self::Sqlite(SqliteTx::Write(tx)) => tx.rollback().await?,
             Self::Postgres(tx) => tx.rollback().await?,
         }
         Ok(())
@@ -412,7 +426,7 @@ impl Tx {
 macro_rules! on_backend {
     ($tx:expr, $conn:ident => $body:expr) => {
         match $tx {
-            $crate::db::Tx::Sqlite(tx, _) => {
+            $crate::db::Tx::Sqlite(tx) => {
                 let $conn: &mut ::sqlx::SqliteConnection = &mut **tx;
                 $body
             }
@@ -601,6 +615,51 @@ mod tests {
             });
             tx.commit().await.unwrap();
         }
+        db.close().await;
+    }
+
+    async fn count(tx: &mut Tx) -> i64 {
+        on_backend!(tx, conn => {
+            sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *conn).await.unwrap()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_write_dropped_unfinished_is_rolled_back_before_the_next_writer_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/x.db", dir.path().display());
+        let db = Db::connect(&url, &PoolConfig::default()).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        on_backend!(&mut tx, conn => {
+            sqlx::query("CREATE TABLE t (x INTEGER)").execute(&mut *conn).await.unwrap();
+        });
+        tx.commit().await.unwrap();
+        for _ in 0..3 {
+            let mut tx = db.begin().await.unwrap();
+            on_backend!(&mut tx, conn => {
+                sqlx::query("INSERT INTO t (x) VALUES (1)").execute(&mut *conn).await.unwrap();
+            });
+            // Neither committed nor rolled back: a handler that returned early with `?`.
+            drop(tx);
+            let mut next = db.begin().await.unwrap();
+            assert_eq!(count(&mut next).await, 0);
+            next.rollback().await.unwrap();
+        }
+        // A failed statement leaves the transaction usable for the caller to roll back.
+        let mut tx = db.begin().await.unwrap();
+        let failed = on_backend!(&mut tx, conn => {
+            sqlx::query("INSERT INTO nowhere VALUES (1)").execute(&mut *conn).await.is_err()
+        });
+        assert!(failed);
+        tx.rollback().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        on_backend!(&mut tx, conn => {
+            sqlx::query("INSERT INTO t (x) VALUES (2)").execute(&mut *conn).await.unwrap();
+        });
+        tx.commit().await.unwrap();
+        let mut read = db.begin_read().await.unwrap();
+        assert_eq!(count(&mut read).await, 1);
+        read.rollback().await.unwrap();
         db.close().await;
     }
 
