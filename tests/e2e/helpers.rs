@@ -22,20 +22,30 @@ impl TestSystem {
         self.system.endpoint(role)
     }
 
-    /// Every row of every table of all five databases: equal snapshots mean nothing changed.
+    /// Every row of every table of all five databases and of the simulated processor's books:
+    /// equal snapshots mean nothing changed.
     pub async fn snapshot(&self) -> String {
         let mut out = String::new();
         for (role, database) in Role::ALL.iter().zip(&self.databases) {
             let db = Db::connect(database.url(), &PoolConfig::default())
                 .await
                 .expect("open a database for a snapshot");
-            out.push_str(&format!("### {role}\n"));
-            out.push_str(
-                &checkout_kit::testing::snapshot(&db)
+            let mut dbs = vec![(role.to_string(), db.clone())];
+            if *role == Role::Payment && db.sqlite_file().is_some() {
+                let books = checkout_payment::processor::open_books(&db, &PoolConfig::default())
                     .await
-                    .expect("snapshot a database"),
-            );
-            db.close().await;
+                    .expect("open the processor's books for a snapshot");
+                dbs.push(("processor books".to_owned(), books));
+            }
+            for (name, db) in dbs {
+                out.push_str(&format!("### {name}\n"));
+                out.push_str(
+                    &checkout_kit::testing::snapshot(&db)
+                        .await
+                        .expect("snapshot a database"),
+                );
+                db.close().await;
+            }
         }
         out
     }
