@@ -1,7 +1,7 @@
 //! The payment processor: a trait a real adapter implements, and the simulated processor used
 //! here, which keeps its own books and is idempotent on the caller's processor-side key.
 
-use checkout_kit::db::{Db, DbError, PoolConfig, now_millis};
+use checkout_kit::db::{Db, DbError, PoolConfig, Tx, now_millis};
 
 use crate::storage::{self, ProcessorRow};
 
@@ -164,20 +164,48 @@ fn answer(row: &ProcessorRow, card_last4: &str) -> Result<Approval, ProcessorErr
     }
 }
 
-/// Writes a record in its own transaction (the processor's books are not the payment
-/// service's), or returns the one already stored for the key.
-async fn book(db: &Db, row: ProcessorRow) -> Result<(ProcessorRow, bool), ProcessorError> {
-    let mut tx = db.begin().await?;
-    let fresh = storage::insert_processor_record(&mut tx, &row).await?;
-    let stored = if fresh {
-        row
-    } else {
-        storage::processor_record(&mut tx, &row.processor_key, &row.operation)
-            .await?
-            .ok_or_else(|| ProcessorError::Unavailable("record vanished".to_owned()))?
-    };
-    tx.commit().await?;
-    Ok((stored, fresh))
+/// One call to the processor: its books read and its record written in one write transaction
+/// of the processor's own database, so what it decides on cannot change before it records.
+struct Call {
+    tx: Tx,
+    books: Books,
+}
+
+impl Call {
+    /// Opens the transaction and reads what the call needs.
+    async fn open(db: &Db, key: &str, authorization_key: &str) -> Result<Self, ProcessorError> {
+        let mut tx = db.begin().await?;
+        let rows = storage::processor_books(&mut tx, key, authorization_key).await?;
+        Ok(Self {
+            tx,
+            books: Books {
+                key: key.to_owned(),
+                authorization_key: authorization_key.to_owned(),
+                rows,
+            },
+        })
+    }
+
+    /// Ends the call without a record.
+    async fn answer<T>(self, result: Result<T, ProcessorError>) -> Result<T, ProcessorError> {
+        self.tx.rollback().await?;
+        result
+    }
+
+    /// Writes the record, or returns the one a concurrent call with the same key stored
+    /// first (Postgres writers do not queue); true when this call wrote it.
+    async fn book(mut self, row: ProcessorRow) -> Result<(ProcessorRow, bool), ProcessorError> {
+        let fresh = storage::insert_processor_record(&mut self.tx, &row).await?;
+        let stored = if fresh {
+            row
+        } else {
+            storage::processor_record(&mut self.tx, &row.processor_key, &row.operation)
+                .await?
+                .ok_or_else(|| ProcessorError::Unavailable("record vanished".to_owned()))?
+        };
+        self.tx.commit().await?;
+        Ok((stored, fresh))
+    }
 }
 
 /// What the books hold for one call: the records under its own key and about its
@@ -189,17 +217,6 @@ struct Books {
 }
 
 impl Books {
-    async fn read(db: &Db, key: &str, authorization_key: &str) -> Result<Self, ProcessorError> {
-        let mut tx = db.begin_read().await?;
-        let rows = storage::processor_books(&mut tx, key, authorization_key).await?;
-        tx.rollback().await?;
-        Ok(Self {
-            key: key.to_owned(),
-            authorization_key: authorization_key.to_owned(),
-            rows,
-        })
-    }
-
     /// The call's own record of `operation`, if it ran before.
     fn own(&self, operation: &str) -> Option<&ProcessorRow> {
         self.rows
@@ -247,25 +264,32 @@ impl PaymentProcessor for SimulatedProcessor {
         amount_minor: i64,
         currency: &str,
     ) -> Result<Approval, ProcessorError> {
-        let books = Books::read(&self.db, key, key).await?;
-        if let Some(row) = books.own("authorize") {
-            return answer(row, "4242");
+        let call = Call::open(&self.db, key, key).await?;
+        if let Some(row) = call.books.own("authorize") {
+            let result = answer(row, "4242");
+            return call.answer(result).await;
         }
-        if books.voided() {
-            return Err(ProcessorError::Declined("authorization_voided".to_owned()));
+        if call.books.voided() {
+            let voided = ProcessorError::Declined("authorization_voided".to_owned());
+            return call.answer(Err(voided)).await;
         }
         let decline = match token {
             tokens::VISA | tokens::RESPONSE_LOST => None,
             tokens::DECLINED => Some("card_declined"),
             tokens::INSUFFICIENT_FUNDS => Some("insufficient_funds"),
-            tokens::TIMEOUT => return Err(ProcessorError::Timeout),
+            tokens::TIMEOUT => return call.answer(Err(ProcessorError::Timeout)).await,
             _ => Some("invalid_token"),
         };
-        let (row, fresh) = book(
-            &self.db,
-            record(key, "authorize", key, amount_minor, currency, decline),
-        )
-        .await?;
+        let (row, fresh) = call
+            .book(record(
+                key,
+                "authorize",
+                key,
+                amount_minor,
+                currency,
+                decline,
+            ))
+            .await?;
         if fresh && token == tokens::RESPONSE_LOST {
             return Err(ProcessorError::ResponseLost);
         }
@@ -278,14 +302,15 @@ impl PaymentProcessor for SimulatedProcessor {
         authorization_key: &str,
         amount_minor: i64,
     ) -> Result<Approval, ProcessorError> {
-        let books = Books::read(&self.db, key, authorization_key).await?;
-        if let Some(row) = books.own("capture") {
-            return answer(row, "");
+        let call = Call::open(&self.db, key, authorization_key).await?;
+        if let Some(row) = call.books.own("capture") {
+            let result = answer(row, "");
+            return call.answer(result).await;
         }
-        let auth = books.authorization();
+        let auth = call.books.authorization();
         let decline = match auth {
             None => Some("authorization_not_found"),
-            Some(_) if books.voided() => Some("authorization_voided"),
+            Some(_) if call.books.voided() => Some("authorization_voided"),
             Some(a) if amount_minor > a.amount_minor => Some("amount_exceeds_authorization"),
             Some(_) => None,
         };
@@ -298,29 +323,27 @@ impl PaymentProcessor for SimulatedProcessor {
             &currency,
             decline,
         );
-        let (row, _) = book(&self.db, row).await?;
+        let (row, _) = call.book(row).await?;
         answer(&row, "")
     }
 
     async fn void(&self, authorization_key: &str) -> Result<(), ProcessorError> {
-        let books = Books::read(&self.db, authorization_key, authorization_key).await?;
-        if books.approved("capture") > 0 {
-            return Err(ProcessorError::Declined("already_captured".to_owned()));
+        let call = Call::open(&self.db, authorization_key, authorization_key).await?;
+        if call.books.approved("capture") > 0 {
+            let captured = ProcessorError::Declined("already_captured".to_owned());
+            return call.answer(Err(captured)).await;
         }
-        let (amount, currency) = books.authorization().map_or((0, String::new()), |a| {
+        let (amount, currency) = call.books.authorization().map_or((0, String::new()), |a| {
             (a.amount_minor, a.currency_code.clone())
         });
-        book(
-            &self.db,
-            record(
-                authorization_key,
-                "void",
-                authorization_key,
-                amount,
-                &currency,
-                None,
-            ),
-        )
+        call.book(record(
+            authorization_key,
+            "void",
+            authorization_key,
+            amount,
+            &currency,
+            None,
+        ))
         .await?;
         Ok(())
     }
@@ -331,13 +354,15 @@ impl PaymentProcessor for SimulatedProcessor {
         authorization_key: &str,
         amount_minor: i64,
     ) -> Result<Approval, ProcessorError> {
-        let books = Books::read(&self.db, key, authorization_key).await?;
-        if let Some(row) = books.own("refund") {
-            return answer(row, "");
+        let call = Call::open(&self.db, key, authorization_key).await?;
+        if let Some(row) = call.books.own("refund") {
+            let result = answer(row, "");
+            return call.answer(result).await;
         }
-        let refundable = books.approved("capture") - books.approved("refund");
+        let refundable = call.books.approved("capture") - call.books.approved("refund");
         let decline = (amount_minor > refundable).then_some("amount_exceeds_capture");
-        let currency = books
+        let currency = call
+            .books
             .of_authorization()
             .next()
             .map(|r| r.currency_code.clone())
@@ -350,7 +375,7 @@ impl PaymentProcessor for SimulatedProcessor {
             &currency,
             decline,
         );
-        let (row, _) = book(&self.db, row).await?;
+        let (row, _) = call.book(row).await?;
         answer(&row, "")
     }
 
