@@ -159,13 +159,19 @@ impl Idempotency {
         &self.config
     }
 
-    /// Claims a key for a database-only effect inside a new write transaction.
-    pub async fn begin<T: Message + Default>(&self, key: Key) -> Result<Claimed<T>, Status> {
+    /// Opens a write transaction and claims `key` in it under a new lock token.
+    async fn claim(&self, key: &Key) -> Result<(Tx, String, ClaimOutcome), Status> {
         let mut tx = self.db.begin().await.map_err(db_status)?;
         let token = new_token();
-        let outcome = store::claim(&mut tx, &key, &token, &self.config)
+        let outcome = store::claim(&mut tx, key, &token, &self.config)
             .await
             .map_err(db_status)?;
+        Ok((tx, token, outcome))
+    }
+
+    /// Claims a key for a database-only effect inside a new write transaction.
+    pub async fn begin<T: Message + Default>(&self, key: Key) -> Result<Claimed<T>, Status> {
+        let (tx, token, outcome) = self.claim(&key).await?;
         match outcome {
             ClaimOutcome::Claimed { .. } => Ok(Claimed::New(Pending {
                 key,
@@ -185,11 +191,7 @@ impl Idempotency {
     /// open: the caller records its intent and a recovery point in it and commits, so the claim
     /// and the intent are one durable write.
     pub async fn start<T: Message + Default>(&self, key: Key) -> Result<Started<T>, Status> {
-        let mut tx = self.db.begin().await.map_err(db_status)?;
-        let token = new_token();
-        let outcome = store::claim(&mut tx, &key, &token, &self.config)
-            .await
-            .map_err(db_status)?;
+        let (tx, token, outcome) = self.claim(&key).await?;
         match outcome {
             ClaimOutcome::Claimed {
                 recovery_point,
@@ -221,11 +223,7 @@ impl Idempotency {
         answer: StoredAnswer,
         result: Result<T, Status>,
     ) -> Result<T, Status> {
-        let mut tx = self.db.begin().await.map_err(db_status)?;
-        let token = new_token();
-        let outcome = store::claim(&mut tx, &key, &token, &self.config)
-            .await
-            .map_err(db_status)?;
+        let (mut tx, token, outcome) = self.claim(&key).await?;
         match outcome {
             ClaimOutcome::Claimed { .. } => {
                 if !store::complete(&mut tx, &key, &token, &answer)
