@@ -275,6 +275,9 @@ impl Db {
     /// never both read and then fail to upgrade their lock.
     pub async fn begin(&self) -> Result<Tx, DbError> {
         Ok(match self {
+            // The writer connection is not the pool's: a closed database refuses writes here,
+            // as the pool refuses reads.
+            Self::Sqlite(pool, _) if pool.is_closed() => return Err(sqlx::Error::PoolClosed.into()),
             Self::Sqlite(pool, gate) => {
                 let options = pool.connect_options();
                 Tx::Sqlite(SqliteTx::Write(gate.begin(options).await?))
@@ -661,6 +664,17 @@ mod tests {
         assert_eq!(count(&mut read).await, 1);
         read.rollback().await.unwrap();
         db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_sqlite_database_refuses_writes_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/x.db", dir.path().display());
+        let db = Db::connect(&url, &PoolConfig::default()).await.unwrap();
+        db.begin().await.unwrap().commit().await.unwrap();
+        db.close().await;
+        assert!(db.begin().await.is_err());
+        assert!(db.begin_read().await.is_err());
     }
 
     #[test]
