@@ -24,6 +24,7 @@ use checkout_payment::processor::{SimulatedProcessor, open_books};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::islands::Islands;
 use crate::role::Role;
 
 /// Why a server could not start or stopped with an error.
@@ -66,6 +67,9 @@ pub enum LaunchError {
     /// A flag combination that cannot work.
     #[error("{0}")]
     Usage(String),
+    /// The servers' runtimes could not be started.
+    #[error("cannot start the servers' runtimes: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Limits, pool and idempotency settings for the servers of one process.
@@ -369,11 +373,29 @@ pub struct System {
     servers: Vec<RunningServer>,
     trigger: ShutdownTrigger,
     tls: bool,
+    /// Dropped after every server stopped.
+    islands: Islands,
+}
+
+/// The core a server runs on, dealt round-robin in this order. On two cores that puts payment
+/// (two databases: its own and the processor's books) with cart, and the orchestrator with
+/// inventory and fulfillment — the best of five placements measured (docs/PERFORMANCE.md).
+fn island_of(role: Role, islands: usize) -> usize {
+    let busiest_first = [
+        Role::Orchestrator,
+        Role::Payment,
+        Role::Inventory,
+        Role::Cart,
+        Role::Fulfillment,
+    ];
+    let rank = busiest_first.iter().position(|r| *r == role).unwrap_or(0);
+    rank % islands.max(1)
 }
 
 impl System {
     /// Opens every database, binds every listener, then starts every server. Nothing serves
-    /// unless everything could be opened and bound.
+    /// unless everything could be opened and bound. Each server runs, with its databases, on a
+    /// runtime of its own core ([`Islands`]).
     pub async fn start(
         database_url: impl Fn(Role) -> String,
         listen_addr: impl Fn(Role) -> String,
@@ -381,11 +403,20 @@ impl System {
         outer: Shutdown,
     ) -> Result<Self, LaunchError> {
         let tls = settings.security.server_tls.is_some();
+        let islands = Islands::per_core(Role::ALL.len()).map_err(LaunchError::Runtime)?;
         let mut prepared = Vec::new();
         for role in Role::ALL {
-            let db = open_database(role, &database_url(role), &settings.pool).await?;
-            prepare(role, &db, settings).await?;
-            let listener = bind(role, &listen_addr(role)).await?;
+            let (url, addr, settings) = (database_url(role), listen_addr(role), settings.clone());
+            // Opened on the server's own runtime: the connections' threads take its core.
+            let opened = islands.spawn(island_of(role, islands.count()), async move {
+                let db = open_database(role, &url, &settings.pool).await?;
+                prepare(role, &db, &settings).await?;
+                let listener = bind(role, &addr).await?;
+                Ok::<_, LaunchError>((db, listener))
+            });
+            let (db, listener) = opened
+                .await
+                .map_err(|source| LaunchError::Task { role, source })??;
             prepared.push((role, db, listener));
         }
         let endpoint = |role: Role| -> Result<String, LaunchError> {
@@ -415,15 +446,17 @@ impl System {
         let (trigger, shutdown) = Shutdown::new();
         let mut servers = Vec::new();
         for (role, db, listener) in prepared {
-            let server = build_server(role, db.clone(), settings, &endpoints).await?;
-            servers.push(RunningServer::spawn(
-                role,
-                db,
-                listener,
-                server,
-                settings,
-                shutdown.clone(),
-            )?);
+            let (settings, endpoints, shutdown) =
+                (settings.clone(), endpoints.clone(), shutdown.clone());
+            let started = islands.spawn(island_of(role, islands.count()), async move {
+                let server = build_server(role, db.clone(), &settings, &endpoints).await?;
+                RunningServer::spawn(role, db, listener, server, &settings, shutdown)
+            });
+            servers.push(
+                started
+                    .await
+                    .map_err(|source| LaunchError::Task { role, source })??,
+            );
         }
         let relay = trigger.clone();
         tokio::spawn(async move {
@@ -434,6 +467,7 @@ impl System {
             servers,
             trigger,
             tls,
+            islands,
         })
     }
 
@@ -454,7 +488,10 @@ impl System {
     /// Waits until every server stopped; the first failure stops the others too.
     pub async fn wait(self) -> Result<(), LaunchError> {
         let Self {
-            servers, trigger, ..
+            servers,
+            trigger,
+            islands,
+            ..
         } = self;
         let mut first_error = None;
         let mut waits: futures::stream::FuturesUnordered<_> =
@@ -465,6 +502,7 @@ impl System {
                 first_error.get_or_insert(e);
             }
         }
+        drop(islands);
         first_error.map_or(Ok(()), Err)
     }
 
