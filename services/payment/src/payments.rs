@@ -119,6 +119,19 @@ async fn reload(tx: &mut Tx, payment_id: &str) -> Result<PaymentRow, PaymentErro
         .ok_or(PaymentError::NotFound)
 }
 
+/// The payment as a transition left it; read again only when the transition did not apply (a
+/// concurrent request moved the payment first).
+async fn after(
+    tx: &mut Tx,
+    moved: Option<PaymentRow>,
+    payment_id: &str,
+) -> Result<PaymentRow, PaymentError> {
+    match moved {
+        Some(row) => Ok(row),
+        None => reload(tx, payment_id).await,
+    }
+}
+
 /// The use cases over one database, one idempotency layer and one processor.
 #[derive(Debug, Clone)]
 pub struct Payments {
@@ -276,7 +289,7 @@ impl Payments {
         self.settle(exec, async |tx: &mut Tx| {
             let now = now_millis();
             let pending = State::Pending.as_str();
-            match outcome {
+            let moved = match outcome {
                 Ok(approval) => {
                     let change = Change {
                         processor_reference: Some(approval.reference),
@@ -284,9 +297,12 @@ impl Payments {
                         ..Change::default()
                     };
                     let to = State::Authorized.as_str();
-                    if storage::transition(tx, &row.payment_id, pending, to, &change, now).await? {
+                    let moved =
+                        storage::transition(tx, &row.payment_id, pending, to, &change, now).await?;
+                    if moved.is_some() {
                         ledger::hold(tx, &row, row.authorized_minor).await?;
                     }
+                    moved
                 }
                 Err(ProcessorError::Declined(code)) => {
                     let change = Change {
@@ -294,11 +310,11 @@ impl Payments {
                         ..Change::default()
                     };
                     let to = State::Declined.as_str();
-                    storage::transition(tx, &row.payment_id, pending, to, &change, now).await?;
+                    storage::transition(tx, &row.payment_id, pending, to, &change, now).await?
                 }
                 Err(e) => return Err(processor_failure(e)),
-            }
-            let row = reload(tx, &row.payment_id).await?;
+            };
+            let row = after(tx, moved, &row.payment_id).await?;
             match state_of(&row) {
                 State::Authorized
                 | State::Capturing
@@ -356,11 +372,10 @@ impl Payments {
                             now_millis(),
                         )
                         .await?;
-                        if !moved {
-                            let now = reload(tx, &row.payment_id).await?;
-                            return Err(illegal("capture", &now));
+                        match moved {
+                            Some(capturing) => Ok(Ok(capturing)),
+                            None => Err(illegal("capture", &reload(tx, &row.payment_id).await?)),
                         }
-                        Ok(Ok(reload(tx, &row.payment_id).await?))
                     }
                     // Another request started this capture and stopped; finish it.
                     State::Capturing if wanted == row.capture_request_minor => Ok(Ok(row)),
@@ -386,17 +401,20 @@ impl Payments {
         self.settle(exec, async |tx: &mut Tx| {
             let now = now_millis();
             let capturing = State::Capturing.as_str();
-            match outcome {
+            let moved = match outcome {
                 Ok(_) => {
                     let change = Change {
                         captured_delta: row.capture_request_minor,
                         ..Change::default()
                     };
                     let to = State::Captured.as_str();
-                    if storage::transition(tx, &row.payment_id, capturing, to, &change, now).await?
-                    {
+                    let moved =
+                        storage::transition(tx, &row.payment_id, capturing, to, &change, now)
+                            .await?;
+                    if moved.is_some() {
                         ledger::capture(tx, &row, row.capture_request_minor).await?;
                     }
+                    moved
                 }
                 Err(ProcessorError::Declined(code)) => {
                     let change = Change {
@@ -404,15 +422,17 @@ impl Payments {
                         ..Change::default()
                     };
                     let to = State::Failed.as_str();
-                    if storage::transition(tx, &row.payment_id, capturing, to, &change, now).await?
+                    if storage::transition(tx, &row.payment_id, capturing, to, &change, now)
+                        .await?
+                        .is_some()
                     {
                         ledger::release_hold(tx, &row).await?;
                     }
                     return Err(PaymentError::Declined(code));
                 }
                 Err(e) => return Err(processor_failure(e)),
-            }
-            let row = reload(tx, &row.payment_id).await?;
+            };
+            let row = after(tx, moved, &row.payment_id).await?;
             match state_of(&row) {
                 State::Captured | State::PartiallyRefunded | State::Refunded => Ok(respond(&row)),
                 _ => Err(illegal("capture", &row)),
@@ -475,11 +495,9 @@ impl Payments {
                             now_millis(),
                         )
                         .await?;
-                        let now = reload(tx, &row.payment_id).await?;
-                        if moved {
-                            Ok(Ok(now))
-                        } else {
-                            Err(illegal("void", &now))
+                        match moved {
+                            Some(voiding) => Ok(Ok(voiding)),
+                            None => Err(illegal("void", &reload(tx, &row.payment_id).await?)),
                         }
                     }
                     State::Voiding => Ok(Ok(row)),
@@ -501,11 +519,11 @@ impl Payments {
         let outcome = self.processor.void(&row.processor_key).await;
         count_call("void", &outcome);
         self.settle(exec, async |tx: &mut Tx| {
-            match outcome {
+            let moved = match outcome {
                 Ok(()) => {
                     let voiding = State::Voiding.as_str();
                     let to = State::Voided.as_str();
-                    if storage::transition(
+                    let moved = storage::transition(
                         tx,
                         &row.payment_id,
                         voiding,
@@ -513,14 +531,15 @@ impl Payments {
                         &Change::default(),
                         now_millis(),
                     )
-                    .await?
-                    {
+                    .await?;
+                    if moved.is_some() {
                         ledger::release_hold(tx, &row).await?;
                     }
+                    moved
                 }
                 Err(e) => return Err(processor_failure(e)),
-            }
-            let row = reload(tx, &row.payment_id).await?;
+            };
+            let row = after(tx, moved, &row.payment_id).await?;
             match state_of(&row) {
                 State::Voided => Ok(respond(&row)),
                 _ => Err(illegal("void", &row)),
@@ -559,7 +578,7 @@ impl Payments {
                     refund_pending_delta: amount.amount_minor,
                     ..Change::default()
                 };
-                if !storage::transition(
+                let reserved = storage::transition(
                     tx,
                     &row.payment_id,
                     from.as_str(),
@@ -567,11 +586,10 @@ impl Payments {
                     &change,
                     now_millis(),
                 )
-                .await?
-                {
-                    return Err(PaymentError::AmountExceeds("captured"));
-                }
-                Ok(Ok(reload(tx, &row.payment_id).await?))
+                .await?;
+                reserved
+                    .map(Ok)
+                    .ok_or(PaymentError::AmountExceeds("captured"))
             })
             .await?;
         let (exec, row) = match next {
@@ -604,7 +622,7 @@ impl Payments {
                 refunded_delta: if approved { amount.amount_minor } else { 0 },
                 ..Change::default()
             };
-            if storage::transition(
+            let moved = storage::transition(
                 tx,
                 &row.payment_id,
                 from.as_str(),
@@ -612,15 +630,14 @@ impl Payments {
                 &change,
                 now_millis(),
             )
-            .await?
-                && approved
-            {
+            .await?;
+            if moved.is_some() && approved {
                 ledger::refund(tx, &row, amount.amount_minor).await?;
             }
             if !approved {
                 return Err(PaymentError::Declined("refund_declined".to_owned()));
             }
-            Ok(respond(&reload(tx, &row.payment_id).await?))
+            Ok(respond(&after(tx, moved, &row.payment_id).await?))
         })
         .await
     }

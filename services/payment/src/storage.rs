@@ -154,8 +154,9 @@ pub async fn all_payments(tx: &mut Tx) -> Result<Vec<PaymentRow>, DbError> {
     Ok(on_backend!(tx, conn => sqlx::query_as(&sql).fetch_all(&mut *conn).await?))
 }
 
-/// Moves a payment from one state to another, with the other columns a transition sets;
-/// false when the payment is no longer in `from` (a concurrent request moved it first).
+/// Moves a payment from one state to another, with the other columns a transition sets; the
+/// payment as it now stands, or `None` when it is no longer in `from` (a concurrent request
+/// moved it first).
 pub async fn transition(
     tx: &mut Tx,
     payment_id: &str,
@@ -163,10 +164,9 @@ pub async fn transition(
     to: &str,
     change: &Change,
     now: i64,
-) -> Result<bool, DbError> {
-    let n = on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE payments SET state = $3, \
+) -> Result<Option<PaymentRow>, DbError> {
+    let sql = format!(
+        "UPDATE payments SET state = $3, \
                captured_minor = captured_minor + $4, \
                capture_request_minor = COALESCE($5, capture_request_minor), \
                refunded_minor = refunded_minor + $6, \
@@ -175,10 +175,12 @@ pub async fn transition(
                processor_reference = COALESCE($9, processor_reference), \
                card_last4 = COALESCE($10, card_last4), \
                updated_at = $11 \
-             WHERE payment_id = $1 AND state = $2 \
-               AND refunded_minor + refund_pending_minor + $6 + $7 \
-                   <= captured_minor + $4",
-        )
+         WHERE payment_id = $1 AND state = $2 \
+           AND refunded_minor + refund_pending_minor + $6 + $7 <= captured_minor + $4 \
+         RETURNING {PAYMENT_COLUMNS}"
+    );
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql)
         .bind(payment_id)
         .bind(from)
         .bind(to)
@@ -190,11 +192,9 @@ pub async fn transition(
         .bind(change.processor_reference.as_deref())
         .bind(change.card_last4.as_deref())
         .bind(now)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?
-        .rows_affected()
-    });
-    Ok(n == 1)
+    }))
 }
 
 /// What a transition changes besides the state.
