@@ -338,7 +338,8 @@ pub async fn complete(
     if !storage::complete_checkout(tx, checkout_id, now).await? {
         return Err(not_locked());
     }
-    let cart = storage::cart_by_checkout(tx, checkout_id)
+    // One statement finds, locks and orders the cart; a refusal below rolls it back.
+    let cart = storage::order_cart_of_checkout(tx, checkout_id, now)
         .await?
         .ok_or_else(not_locked)?;
     if cart_id.is_some_and(|given| given != cart.cart_id) {
@@ -346,15 +347,5 @@ pub async fn complete(
             Rejection::invalid_field("cart_id", "not the cart this checkout locked").into(),
         );
     }
-    let cart = storage::bump_cart(tx, &cart.cart_id, now)
-        .await?
-        .ok_or_else(|| CartError::CartNotFound(cart.cart_id.clone()))?;
-    if cart.state != ORDERED {
-        storage::set_state(tx, &cart.cart_id, ORDERED, Some(checkout_id)).await?;
-    }
-    let cart = CartRow {
-        state: ORDERED.to_owned(),
-        ..cart
-    };
     load(tx, &cart).await
 }

@@ -195,6 +195,23 @@ pub async fn bump_cart(tx: &mut Tx, cart_id: &str, now: i64) -> Result<Option<Ca
     }))
 }
 
+/// Turns the cart a checkout holds into an order, bumping its version (the row lock on
+/// Postgres, as [`bump_cart`] takes it); the cart as it now stands, or `None` when the checkout
+/// holds no cart.
+pub async fn order_cart_of_checkout(
+    tx: &mut Tx,
+    checkout_id: &str,
+    now: i64,
+) -> Result<Option<CartRow>, DbError> {
+    let sql = format!(
+        "UPDATE carts SET version = version + 1, updated_at = $2, state = 'ordered' \
+         WHERE checkout_id = $1 RETURNING {CART_COLUMNS}"
+    );
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(checkout_id).bind(now).fetch_optional(&mut *conn).await?
+    }))
+}
+
 /// Moves a cart to a state, with the checkout that holds it (none when active).
 pub async fn set_state(
     tx: &mut Tx,

@@ -523,6 +523,37 @@ async fn complete_orders_the_cart_for_good() {
 }
 
 #[tokio::test]
+async fn completing_with_another_carts_id_is_refused_and_orders_nothing() {
+    let h = harness().await;
+    let cart = h.create("alice", "EUR").await;
+    h.add(&cart, "MUG-CERAMIC-EU", 2).await.unwrap();
+    let other = h.create("alice", "EUR").await;
+    let checkout = rid();
+    h.lock(&cart, &checkout).await.unwrap();
+    let before = h.get(&cart).await;
+    let refused = h
+        .api
+        .complete_cart(Request::new(CompleteCartRequest {
+            request_id: rid(),
+            cart_id: other.cart_id.clone(),
+            checkout_id: checkout.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_invalid(&refused, "cart_id");
+    // The cart is found, locked and ordered by one statement before the cart id is checked:
+    // the refusal must take all of that back.
+    let after = h.get(&cart).await;
+    assert_eq!(after, before, "the locked cart is untouched");
+    assert_eq!(after.state(), CartState::CheckingOut);
+    assert_eq!(h.get(&other).await.state(), CartState::Active);
+    assert_eq!(
+        h.complete(&checkout).await.unwrap().state(),
+        CartState::Ordered
+    );
+}
+
+#[tokio::test]
 async fn unlock_before_lock_leaves_no_lock_behind() {
     let h = harness().await;
     let cart = h.create("alice", "USD").await;
