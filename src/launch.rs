@@ -381,14 +381,14 @@ pub struct System {
 /// (two databases: its own and the processor's books) with cart, and the orchestrator with
 /// inventory and fulfillment — the best of five placements measured (docs/PERFORMANCE.md).
 fn island_of(role: Role, islands: usize) -> usize {
-    let busiest_first = [
+    let order = [
         Role::Orchestrator,
         Role::Payment,
         Role::Inventory,
         Role::Cart,
         Role::Fulfillment,
     ];
-    let rank = busiest_first.iter().position(|r| *r == role).unwrap_or(0);
+    let rank = order.iter().position(|r| *r == role).unwrap_or(0);
     rank % islands.max(1)
 }
 
