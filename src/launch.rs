@@ -538,3 +538,22 @@ pub async fn migrate(
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_cores_split_payment_and_cart_from_the_orchestrator_and_the_rest() {
+        let on = |role| island_of(role, 2);
+        assert_eq!(on(Role::Payment), on(Role::Cart));
+        assert_eq!(on(Role::Orchestrator), on(Role::Inventory));
+        assert_eq!(on(Role::Orchestrator), on(Role::Fulfillment));
+        assert_ne!(on(Role::Orchestrator), on(Role::Payment));
+        // One core: everything on it; five or more: a core each.
+        assert!(Role::ALL.iter().all(|&r| island_of(r, 1) == 0));
+        let mut own: Vec<usize> = Role::ALL.iter().map(|&r| island_of(r, 5)).collect();
+        own.sort_unstable();
+        assert_eq!(own, vec![0, 1, 2, 3, 4]);
+    }
+}
