@@ -10,10 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{Postgres, Sqlite, SqliteConnection, Transaction};
 
 mod sqlite_writer;
@@ -175,6 +174,19 @@ pub struct Migrations {
     pub postgres: Migrator,
 }
 
+/// The pool settings both backends share.
+fn pool_options<DB: sqlx::Database>(config: &PoolConfig) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(config.max_connections)
+        // No ping round trip per checkout: sqlx pings every connection when it is released
+        // anyway, which is where one a cancelled statement left inconsistent is caught and
+        // closed. An SQLite connection does not go stale; a Postgres one the server dropped
+        // while idle fails its first statement with an I/O error, which callers retry as
+        // transient.
+        .test_before_acquire(false)
+        .acquire_timeout(config.acquire_timeout)
+}
+
 /// A connection pool on one of the two backends.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -212,14 +224,7 @@ impl Db {
                 {
                     std::fs::create_dir_all(parent).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
                 }
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(config.max_connections)
-                    // No ping per checkout (a round trip to the connection's worker thread per
-                    // transaction): an SQLite connection does not go stale, and sqlx already
-                    // pings each connection when it is released, which is where one a
-                    // cancelled statement left inconsistent is caught and closed.
-                    .test_before_acquire(false)
-                    .acquire_timeout(config.acquire_timeout)
+                let pool = pool_options::<Sqlite>(config)
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
@@ -235,13 +240,7 @@ impl Db {
                         Err(e) => return Err(connect_err(e)),
                     }
                 }
-                let pool = PgPoolOptions::new()
-                    .max_connections(config.max_connections)
-                    // No ping round trip per transaction (the release ping stays): a connection
-                    // the server dropped while idle fails its first statement with an I/O
-                    // error, which callers treat as transient and retry.
-                    .test_before_acquire(false)
-                    .acquire_timeout(config.acquire_timeout)
+                let pool = pool_options::<Postgres>(config)
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
