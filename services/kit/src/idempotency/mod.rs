@@ -7,8 +7,8 @@
 //!   key; the handler makes its change in [`Pending::tx`]; [`Pending::finish`] stores the answer
 //!   in the same transaction and commits (a business refusal instead rolls the handler's changes
 //!   back with the claim and is stored in a transaction of its own). The effect happens exactly
-//!   once, and concurrent duplicates wait for the first and then replay its answer. The [`idempotent!`] macro writes
-//!   this for a handler.
+//!   once, and concurrent duplicates wait for the first and then replay its answer. The
+//!   [`idempotent!`] macro writes this for a handler.
 //! * Effects outside the database (the payment processor): [`Idempotency::start`] claims the
 //!   key in a transaction the caller commits with its intent, and hands out an [`Execution`]
 //!   with recovery points and a stable
