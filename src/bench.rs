@@ -535,7 +535,7 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
         ),
         _ if subject.started.is_some() => (
             commits_after.1 - commits_before.1,
-            "write transactions committed (SQLite)",
+            "durable commits (SQLite COMMITs, one may carry several write transactions)",
         ),
         _ => (
             0,

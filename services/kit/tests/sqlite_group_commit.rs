@@ -128,25 +128,41 @@ async fn writers_queued_together_share_one_commit_and_fail_alone() {
     exec(&mut leader, "INSERT INTO t (x) VALUES (100)")
         .await
         .unwrap();
-    let writers: Vec<_> = [
+    let mut writers = Vec::new();
+    for sql in [
         "INSERT INTO child (pid) VALUES (1)",
         "INSERT INTO child (pid) VALUES (99)",
-    ]
-    .into_iter()
-    .map(|sql| {
+    ] {
         let db = db.clone();
-        tokio::spawn(async move {
+        writers.push(tokio::spawn(async move {
             let mut tx = db.begin().await?;
             exec(&mut tx, sql).await?;
             tx.commit().await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A writer that only reads the batch's changes and rolls back must not answer from them
+    // before they are durable: its rollback reports the failed COMMIT too.
+    let reader = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut tx = db.begin().await?;
+            let seen: i64 = on_backend!(&mut tx, conn => {
+                sqlx::query_scalar("SELECT count(*) FROM t WHERE x = 100").fetch_one(&mut *conn).await?
+            });
+            assert_eq!(seen, 1, "a joiner sees the batch's changes");
+            tx.rollback().await
         })
-    })
-    .collect();
+    };
     let_writers_queue().await;
     assert!(leader.commit().await.is_err(), "the leader heard committed");
     for w in writers {
         assert!(w.await.unwrap().is_err(), "a writer heard committed");
     }
+    assert!(
+        reader.await.unwrap().is_err(),
+        "a reader of the lost batch heard nothing of it"
+    );
     assert!(!stored(&db).await.contains(&100));
     let mut read = db.begin_read().await.unwrap();
     let children: i64 = on_backend!(&mut read, conn => {

@@ -242,24 +242,26 @@ impl WriteTx {
                 outcome: watch::Sender::new(None),
             })
         });
-        let mut outcome = batch.outcome.subscribe();
+        let outcome = batch.outcome.subscribe();
         let turn = self.turn.take().expect("held until finished");
         self.gate.release(turn);
-        let result = match outcome.wait_for(Option::is_some).await {
-            Ok(done) => done.clone().expect("waited for an outcome"),
-            Err(_) => Err("the writer connection was lost before the commit".to_owned()),
-        };
-        result.map_err(|e| {
-            sqlx::Error::Io(std::io::Error::other(format!(
-                "the shared commit failed: {e}"
-            )))
-        })
+        durable(outcome).await
     }
 
-    /// Rolls back this writer's changes.
+    /// Rolls back this writer's changes. A writer that joined a batch returns only once the
+    /// batch is durable (and fails if its COMMIT did): what it read there may be what it answers,
+    /// and no answer may rest on changes that could still be lost.
     pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
         let turn = self.turn.take().expect("held until finished");
-        end(self.gate.clone(), turn, self.role).await
+        let outcome = match (self.role, &turn.batch) {
+            (Role::Joiner, Some(batch)) => Some(batch.outcome.subscribe()),
+            _ => None,
+        };
+        end(self.gate.clone(), turn, self.role).await?;
+        match outcome {
+            Some(outcome) => durable(outcome).await,
+            None => Ok(()),
+        }
     }
 
     /// The writer connection, inside the transaction.
@@ -295,6 +297,21 @@ impl Drop for WriteTx {
             Err(_) => turn.discard_connection(),
         }
     }
+}
+
+/// Waits for a batch's COMMIT; its failure is this writer's.
+async fn durable(
+    mut outcome: watch::Receiver<Option<Result<(), String>>>,
+) -> Result<(), sqlx::Error> {
+    let result = match outcome.wait_for(Option::is_some).await {
+        Ok(done) => done.clone().expect("waited for an outcome"),
+        Err(_) => Err("the writer connection was lost before the commit".to_owned()),
+    };
+    result.map_err(|e| {
+        sqlx::Error::Io(std::io::Error::other(format!(
+            "the shared commit failed: {e}"
+        )))
+    })
 }
 
 /// Rolls back the changes of the writer holding the turn, then gives the turn back: a leader
