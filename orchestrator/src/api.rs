@@ -204,7 +204,9 @@ impl CheckoutService for CheckoutApi {
         let def = self.engine.definition();
         let owner = self.engine.config().replica_id.clone();
         let lease_ttl = self.engine.config().lease_ttl;
-        let mut created = None;
+        // The saga the body stored; the body runs for a repeated request too, and its saga is
+        // rolled back then.
+        let created: SagaRow;
         let started = idempotent!(self.idempotency, key, |tx| {
             let now = now_millis();
             let saga = SagaRow {
@@ -239,7 +241,6 @@ impl CheckoutService for CheckoutApi {
             let steps = store::insert_saga(tx, &saga, &names)
                 .await
                 .map_err(db_status)?;
-            crate::metrics::metrics().started.add(1, &[]);
             let accepted = EventRow {
                 sequence: 1,
                 at: now,
@@ -262,7 +263,7 @@ impl CheckoutService for CheckoutApi {
             let answer = StartCheckoutResponse {
                 checkout: Some(view::checkout(def, &saga, &steps, &[], &[accepted])),
             };
-            created = Some(saga);
+            created = saga;
             Ok(answer)
         })?;
         let checkout_id = started
@@ -272,17 +273,16 @@ impl CheckoutService for CheckoutApi {
             .unwrap_or_default();
         // Watching before the driver starts, so no change goes unseen.
         let watch = self.engine.watch(&checkout_id);
-        let known = match created {
-            Some(saga) => {
-                let status = saga.status.clone();
-                self.engine.start_new(saga);
-                Some(status)
-            }
-            None => {
-                // A retried request whose saga may still need a driver.
-                self.engine.start(&checkout_id);
-                None
-            }
+        // Only a saga the answer names was stored by this call.
+        let known = if created.saga_id == checkout_id {
+            crate::metrics::metrics().started.add(1, &[]);
+            let status = created.status.clone();
+            self.engine.start_new(created);
+            Some(status)
+        } else {
+            // A retried request whose saga may still need a driver.
+            self.engine.start(&checkout_id);
+            None
         };
         let checkout = self.await_outcome(&checkout_id, wait, watch, known).await?;
         Ok(Response::new(StartCheckoutResponse {

@@ -442,9 +442,10 @@ fn bench_reports_throughput_latency_commits_and_outcomes() {
         report["latency"]["p99_ms"].as_f64().unwrap()
             >= report["latency"]["p50_ms"].as_f64().unwrap()
     );
+    // Counted, not bounded below: concurrent steps' writes share SQLite COMMITs.
     assert!(
-        report["commits_per_checkout"].as_f64().unwrap() >= 7.0,
-        "at least one commit per step"
+        report["commits_per_checkout"].as_f64().unwrap() > 0.0,
+        "durable commits are counted: {report}"
     );
     assert!(report["step_mean_ms"]["capture_payment"].as_f64().is_some());
 }

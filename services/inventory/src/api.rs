@@ -304,6 +304,11 @@ impl InventoryService for InventoryServiceApi {
                     }
                 }
             });
+            // A repeat whose handler conflicted answers what was stored instead: no retry then.
+            let conflicted = conflicted
+                && result
+                    .as_ref()
+                    .is_err_and(|s| !checkout_kit::idempotency::is_final(s.code()));
             if conflicted {
                 self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 reserve_metrics().conflicts.add(1, &[]);

@@ -3,12 +3,15 @@
 //! A key is the RPC (its scope) plus the caller's `request_id`; the request's fingerprint is a
 //! SHA-256 of its canonical encoding without the `request_id`. Two ways to use it:
 //!
-//! * Database-only effects: [`Idempotency::begin`] opens one write transaction that claims the
-//!   key; the handler makes its change in [`Pending::tx`]; [`Pending::finish`] stores the answer
-//!   in the same transaction and commits (a business refusal instead rolls the handler's changes
-//!   back with the claim and is stored in a transaction of its own). The effect happens exactly
-//!   once, and concurrent duplicates wait for the first and then replay its answer. The
-//!   [`idempotent!`] macro writes this for a handler.
+//! * Database-only effects: [`Idempotency::begin`] opens one write transaction; the handler
+//!   makes its change in [`Pending::tx`]; [`Pending::finish`] writes the key, done, with the
+//!   answer in the same transaction and commits — one statement of the layer's per request. If
+//!   the key is remembered (a repeat, or a duplicate that committed first; the unique key makes
+//!   a concurrent duplicate wait for the first), the handler's changes are rolled back and the
+//!   stored answer is replayed. A business refusal rolls the handler's changes back and is
+//!   stored in a transaction of its own; a transient failure replays the stored answer if the
+//!   key has one. The effect happens exactly once. The [`idempotent!`] macro writes this for a
+//!   handler.
 //! * Effects outside the database (the payment processor): [`Idempotency::start`] claims the
 //!   key in a transaction the caller commits with its intent, and hands out an [`Execution`]
 //!   with recovery points and a stable
@@ -77,22 +80,10 @@ pub struct Idempotency {
     config: IdempotencyConfig,
 }
 
-/// What claiming a key found.
-#[derive(Debug)]
-// Lives for one match right after the claim; boxing the transaction would only add a heap trip.
-#[allow(clippy::large_enum_variant)]
-pub enum Claimed<T> {
-    /// The key was done before: its stored answer.
-    Replay(Result<T, Status>),
-    /// The key is ours: run the effect.
-    New(Pending<T>),
-}
-
-/// A claimed key inside an open write transaction (database-only effects).
+/// A request's key with the open write transaction its database-only effect runs in.
 #[derive(Debug)]
 pub struct Pending<T> {
     key: Key,
-    lock_token: String,
     tx: Tx,
     layer: Idempotency,
     _answer: PhantomData<fn() -> T>,
@@ -169,22 +160,17 @@ impl Idempotency {
         Ok((tx, token, outcome))
     }
 
-    /// Claims a key for a database-only effect inside a new write transaction.
-    pub async fn begin<T: Message + Default>(&self, key: Key) -> Result<Claimed<T>, Status> {
-        let (tx, token, outcome) = self.claim(&key).await?;
-        match outcome {
-            ClaimOutcome::Claimed { .. } => Ok(Claimed::New(Pending {
-                key,
-                lock_token: token,
-                tx,
-                layer: self.clone(),
-                _answer: PhantomData,
-            })),
-            ClaimOutcome::Found(found) => {
-                tx.rollback().await.map_err(db_status)?;
-                Ok(Claimed::Replay(settle(&key, found)?))
-            }
-        }
+    /// Opens the write transaction of a database-only effect. The key is not looked up first:
+    /// a new request, the common case, pays no read; a repeat runs the handler in vain and
+    /// replays the stored answer when [`Pending::finish`] finds the key.
+    pub async fn begin<T: Message + Default>(&self, key: Key) -> Result<Pending<T>, Status> {
+        let tx = self.db.begin().await.map_err(db_status)?;
+        Ok(Pending {
+            key,
+            tx,
+            layer: self.clone(),
+            _answer: PhantomData,
+        })
     }
 
     /// Claims a key for an effect outside the database. The claim's transaction is handed over
@@ -214,33 +200,49 @@ impl Idempotency {
         }
     }
 
-    /// Stores a business refusal under a key whose claim was rolled back with the handler's
-    /// changes. If another caller claimed the key in between, its answer (or its lock) is what
-    /// every caller of the key sees, this one included.
+    /// Stores a business refusal whose handler's changes were rolled back. If the key is
+    /// remembered (a repeat, or a duplicate that committed first), its answer is what every
+    /// caller of the key sees, this one included.
     async fn store_refusal<T: Message + Default>(
         &self,
         key: Key,
         answer: StoredAnswer,
         result: Result<T, Status>,
     ) -> Result<T, Status> {
-        let (mut tx, token, outcome) = self.claim(&key).await?;
-        match outcome {
-            ClaimOutcome::Claimed { .. } => {
-                if !store::complete(&mut tx, &key, &token, &answer)
-                    .await
-                    .map_err(db_status)?
-                {
-                    tx.rollback().await.map_err(db_status)?;
-                    return Err(taken_over());
-                }
-                tx.commit().await.map_err(db_status)?;
-                result
-            }
-            ClaimOutcome::Found(found) => {
-                tx.rollback().await.map_err(db_status)?;
-                settle(&key, found)?
-            }
+        let mut tx = self.db.begin().await.map_err(db_status)?;
+        if store::record(&mut tx, &key, &answer, &self.config)
+            .await
+            .map_err(db_status)?
+        {
+            tx.commit().await.map_err(db_status)?;
+            return result;
         }
+        tx.rollback().await.map_err(db_status)?;
+        self.remembered(&key).await
+    }
+
+    /// The answer of a key [`store::record`] found remembered: its stored answer, a refusal
+    /// if it was used for a different request, or `ABORTED` while a holder has it locked.
+    async fn remembered<T: Message + Default>(&self, key: &Key) -> Result<T, Status> {
+        let (tx, _token, outcome) = self.claim(key).await?;
+        tx.rollback().await.map_err(db_status)?;
+        match outcome {
+            ClaimOutcome::Found(found) => settle(key, found)?,
+            // Collected in between (it had expired): nothing is stored now, so a retry runs.
+            ClaimOutcome::Claimed { .. } => Err(taken_over()),
+        }
+    }
+
+    /// The stored answer of a key, if it has one, for a request whose attempt failed
+    /// transiently: a repeat of a done request answers what was stored, not its own failure.
+    async fn stored<T: Message + Default>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<Result<T, Status>>, Status> {
+        let mut tx = self.db.begin_read().await.map_err(db_status)?;
+        let found = store::find(&mut tx, key).await.map_err(db_status)?;
+        tx.rollback().await.map_err(db_status)?;
+        found.map(|found| settle(key, found)).transpose()
     }
 
     /// Deletes up to one batch of expired keys; returns how many went.
@@ -282,26 +284,29 @@ impl<T: Message + Default> Pending<T> {
     }
 
     /// Stores a final answer with the effect and commits; a transient failure rolls everything
-    /// back, key included, so a retry runs again.
+    /// back, so a retry runs again. If the key turns out to be remembered, the handler's changes
+    /// are rolled back and the key's answer is returned instead.
     pub async fn finish(mut self, result: Result<T, Status>) -> Result<T, Status> {
         let answer = StoredAnswer::of(&result);
         if !is_final(answer.code) {
             self.tx.rollback().await.map_err(db_status)?;
-            return result;
+            return match self.layer.stored(&self.key).await? {
+                Some(stored) => stored,
+                None => result,
+            };
         }
         if answer.code != Code::Ok {
-            // A refusal keeps none of the handler's changes: they go with the claim, and the
-            // refusal is stored on its own. Refusals are the rare path, so the common one pays
-            // no savepoint.
+            // A refusal keeps none of the handler's changes, and is stored on its own.
+            // Refusals are the rare path, so the common one pays no savepoint.
             self.tx.rollback().await.map_err(db_status)?;
             return self.layer.store_refusal(self.key, answer, result).await;
         }
-        let fenced = store::complete(&mut self.tx, &self.key, &self.lock_token, &answer)
+        let recorded = store::record(&mut self.tx, &self.key, &answer, &self.layer.config)
             .await
             .map_err(db_status)?;
-        if !fenced {
+        if !recorded {
             self.tx.rollback().await.map_err(db_status)?;
-            return Err(taken_over());
+            return self.layer.remembered(&self.key).await;
         }
         self.tx.commit().await.map_err(db_status)?;
         result
@@ -364,8 +369,8 @@ impl<T: Message + Default> Execution<T> {
     }
 }
 
-/// Runs a database-only effect once per key: replays a stored answer, or claims the key, runs
-/// `$body` with `$tx: &mut Tx` and stores its `Result<T, Status>`.
+/// Runs a database-only effect once per key: runs `$body` with `$tx: &mut Tx` and stores its
+/// `Result<T, Status>` with the key, or replays the key's stored answer if it has one.
 ///
 /// ```ignore
 /// let cart = idempotent!(self.idempotency, Key::new(SCOPE, &request)?, |tx| {
@@ -374,18 +379,14 @@ impl<T: Message + Default> Execution<T> {
 /// ```
 #[macro_export]
 macro_rules! idempotent {
-    ($layer:expr, $key:expr, |$tx:ident| $body:expr) => {
-        match $layer.begin($key).await? {
-            $crate::idempotency::Claimed::Replay(answer) => answer,
-            $crate::idempotency::Claimed::New(mut pending) => {
-                let result = {
-                    let $tx = pending.tx();
-                    $body
-                };
-                pending.finish(result).await
-            }
-        }
-    };
+    ($layer:expr, $key:expr, |$tx:ident| $body:expr) => {{
+        let mut pending = $layer.begin($key).await?;
+        let result = {
+            let $tx = pending.tx();
+            $body
+        };
+        pending.finish(result).await
+    }};
 }
 
 fn replays() -> &'static opentelemetry::metrics::Counter<u64> {

@@ -85,6 +85,102 @@ struct KeyRow {
     expires_at: i64,
 }
 
+impl KeyRow {
+    /// Past retention the key is forgotten, whether or not the collector has run yet (unless a
+    /// holder still has it locked).
+    fn forgotten(&self, now: i64) -> bool {
+        self.expires_at <= now && (self.state == "done" || self.locked_until <= now)
+    }
+
+    /// The stored answer of a done key.
+    fn answer(self) -> StoredAnswer {
+        StoredAnswer {
+            code: Code::from_i32(self.response_code.unwrap_or(Code::Unknown as i32)),
+            message: self.response_message.unwrap_or_default(),
+            body: self.response_body.unwrap_or_default(),
+        }
+    }
+}
+
+/// The key's row, if there is one.
+async fn read(tx: &mut Tx, key: &Key) -> Result<Option<KeyRow>, DbError> {
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(
+            "SELECT fingerprint, state, response_code, response_message, response_body, \
+                    recovery_point, recovery_data, lock_token, locked_until, expires_at \
+             FROM idempotency_keys WHERE scope = $1 AND request_id = $2",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .fetch_optional(&mut *conn)
+        .await?
+    }))
+}
+
+/// What a remembered key settles for a request that did not get to store an answer: its
+/// answer if done, a refusal if it was used for a different request; `None` when the key is
+/// unknown, forgotten or still in progress.
+pub(super) async fn find(tx: &mut Tx, key: &Key) -> Result<Option<Found>, DbError> {
+    let Some(row) = read(tx, key).await? else {
+        return Ok(None);
+    };
+    Ok(if row.forgotten(now_millis()) {
+        None
+    } else if row.fingerprint.as_slice() != key.fingerprint().as_slice() {
+        Some(Found::Reused)
+    } else if row.state == "done" {
+        Some(Found::Done(row.answer()))
+    } else {
+        None
+    })
+}
+
+/// Stores a key that is done, with its answer, in the transaction of the effect: the one write
+/// of a database-only request. Takes the place of a forgotten key; false if the key is
+/// remembered (done before, or held by a concurrent request that committed first), in which
+/// case nothing is written.
+pub(super) async fn record(
+    tx: &mut Tx,
+    key: &Key,
+    answer: &StoredAnswer,
+    config: &IdempotencyConfig,
+) -> Result<bool, DbError> {
+    let now = now_millis();
+    let expires_at = now.saturating_add(millis(config.retention));
+    let written = on_backend!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO idempotency_keys AS k \
+               (scope, request_id, fingerprint, state, response_code, response_message, \
+                response_body, recovery_point, lock_token, locked_until, created_at, \
+                completed_at, expires_at) \
+             VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, '', $8, $8, $8, $9) \
+             ON CONFLICT (scope, request_id) DO UPDATE SET \
+               fingerprint = excluded.fingerprint, state = 'done', \
+               response_code = excluded.response_code, \
+               response_message = excluded.response_message, \
+               response_body = excluded.response_body, \
+               recovery_point = excluded.recovery_point, recovery_data = NULL, \
+               lock_token = '', locked_until = excluded.locked_until, \
+               created_at = excluded.created_at, completed_at = excluded.completed_at, \
+               expires_at = excluded.expires_at \
+             WHERE k.expires_at <= $8 AND (k.state = 'done' OR k.locked_until <= $8)",
+        )
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(key.fingerprint().as_slice())
+        .bind(answer.code as i32)
+        .bind(&answer.message)
+        .bind(&answer.body)
+        .bind(STARTED)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(written == 1)
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -129,25 +225,14 @@ pub(super) async fn claim(
         });
     }
 
-    let row: Option<KeyRow> = on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT fingerprint, state, response_code, response_message, response_body, \
-                    recovery_point, recovery_data, lock_token, locked_until, expires_at \
-             FROM idempotency_keys WHERE scope = $1 AND request_id = $2",
-        )
-        .bind(key.scope())
-        .bind(key.request_id())
-        .fetch_optional(&mut *conn)
-        .await?
-    });
     // Collected between the insert and the read: the caller retries and inserts anew.
-    let Some(row) = row else {
+    let Some(row) = read(tx, key).await? else {
         return Ok(ClaimOutcome::Found(Found::Locked));
     };
     let done = row.state == "done";
     let unlocked = row.locked_until <= now;
 
-    if row.expires_at <= now && (done || unlocked) {
+    if row.forgotten(now) {
         // Past retention the key is forgotten, whether or not the collector has run yet.
         let reset = on_backend!(tx, conn => {
             sqlx::query(
@@ -183,11 +268,7 @@ pub(super) async fn claim(
         return Ok(ClaimOutcome::Found(Found::Reused));
     }
     if done {
-        return Ok(ClaimOutcome::Found(Found::Done(StoredAnswer {
-            code: Code::from_i32(row.response_code.unwrap_or(Code::Unknown as i32)),
-            message: row.response_message.unwrap_or_default(),
-            body: row.response_body.unwrap_or_default(),
-        })));
+        return Ok(ClaimOutcome::Found(Found::Done(row.answer())));
     }
     if !unlocked {
         return Ok(ClaimOutcome::Found(Found::Locked));

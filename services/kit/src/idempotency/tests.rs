@@ -199,9 +199,10 @@ async fn a_refusal_overtaken_by_a_duplicate_answers_what_the_duplicate_stored() 
     let refused: Result<Cart, Status> = async {
         crate::idempotent!(layer, key, |tx| {
             record_effect(tx, "partial").await?;
-            // A duplicate arrives while this attempt holds the claim; it queues behind it (at the
-            // write gate on SQLite, on the key's row lock on Postgres) and claims the key the
-            // moment this attempt's refusal rolls the claim back.
+            // A duplicate arrives while this attempt runs: on SQLite it queues at the write gate
+            // and runs the moment this attempt's refusal rolls back; on Postgres it runs beside
+            // this attempt and commits first. Either way it stores its answer before the
+            // refusal is stored.
             let (layer, request) = (layer.clone(), request.clone());
             duplicate = Some(tokio::spawn(
                 async move { add_item(&layer, &request).await },
@@ -248,6 +249,60 @@ async fn transient_failures_are_not_stored_so_a_retry_runs_again() {
     assert_eq!(keys(&db).await, 0);
     attempt(false).await.unwrap();
     assert_eq!(effects(&db).await, 1);
+}
+
+#[tokio::test]
+async fn a_repeat_answers_what_was_stored_whatever_its_handler_does_now() {
+    let (_database, db, layer) = setup(IdempotencyConfig::default()).await;
+    let request = request(&id(), 2);
+    let first = add_item(&layer, &request).await.unwrap();
+    // The handler runs again for a repeat (the key is looked at only when the answer is
+    // stored): a transient failure or a refusal now must not replace the stored answer.
+    let now_failing = [
+        Status::unavailable("downstream hiccup"),
+        Status::aborted("version moved"),
+        Rejection::new(Code::FailedPrecondition, "CART_NOT_EDITABLE", "locked").into_status(),
+    ];
+    for failure in now_failing {
+        let key = Key::new(SCOPE, &request).unwrap();
+        let repeat: Result<Cart, Status> = async {
+            crate::idempotent!(layer, key, |tx| {
+                record_effect(tx, "repeat").await?;
+                Err(failure.clone())
+            })
+        }
+        .await;
+        assert_eq!(repeat.unwrap(), first, "after {failure:?}");
+    }
+    assert_eq!(effects(&db).await, 1);
+    assert_eq!(keys(&db).await, 1);
+}
+
+#[tokio::test]
+async fn an_expired_key_not_yet_collected_is_taken_for_a_new_request() {
+    let config = IdempotencyConfig {
+        retention: Duration::from_millis(100),
+        ..IdempotencyConfig::default()
+    };
+    let (_database, db, layer) = setup(config).await;
+    let request_id = id();
+    assert_eq!(
+        add_item(&layer, &request(&request_id, 1)).await.unwrap(),
+        answer(1)
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Still stored, but forgotten: a different request under the same id runs and is stored.
+    assert_eq!(keys(&db).await, 1);
+    assert_eq!(
+        add_item(&layer, &request(&request_id, 7)).await.unwrap(),
+        answer(7)
+    );
+    assert_eq!(
+        add_item(&layer, &request(&request_id, 7)).await.unwrap(),
+        answer(7)
+    );
+    assert_eq!(effects(&db).await, 2);
+    assert_eq!(keys(&db).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
