@@ -38,8 +38,17 @@ fn state_of(state: &str) -> ReservationState {
 
 /// The reservation as the RPCs return it.
 pub async fn load(tx: &mut Tx, row: &ReservationRow) -> Result<Reservation, InventoryError> {
-    let lines = storage::lines(tx, &row.reservation_id).await?;
     let allocations = storage::allocations(tx, &row.reservation_id).await?;
+    load_with(tx, row, allocations).await
+}
+
+/// A reservation with its allocations already read in this transaction.
+async fn load_with(
+    tx: &mut Tx,
+    row: &ReservationRow,
+    allocations: Vec<AllocationRow>,
+) -> Result<Reservation, InventoryError> {
+    let lines = storage::lines(tx, &row.reservation_id).await?;
     Ok(Reservation {
         reservation_id: row.reservation_id.clone(),
         checkout_id: row.checkout_id.clone(),
@@ -190,11 +199,17 @@ pub async fn commit(tx: &mut Tx, target: &Target) -> Result<Reservation, Invento
         .await?
         .ok_or(InventoryError::ReservationNotFound)?;
     let now = now_millis();
-    if storage::leave_active(tx, &row.reservation_id, COMMITTED, "", now).await? {
-        for a in storage::allocations(tx, &row.reservation_id).await? {
+    if let Some(committed) =
+        storage::leave_active(tx, &row.reservation_id, COMMITTED, "", now).await?
+    {
+        // The row as this call left it and the allocations it shipped are the answer.
+        let allocations = storage::allocations(tx, &row.reservation_id).await?;
+        for a in &allocations {
             storage::ship_out(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
         }
+        return load_with(tx, &committed, allocations).await;
     }
+    // No longer active: committed before (a repeat) or released; what it is now decides.
     let row = storage::reservation(tx, &row.reservation_id)
         .await?
         .ok_or(InventoryError::ReservationNotFound)?;
@@ -229,8 +244,11 @@ pub async fn release(
     let row = find(tx, target)
         .await?
         .ok_or(InventoryError::ReservationNotFound)?;
-    if storage::leave_active(tx, &row.reservation_id, RELEASED, reason, now).await? {
-        return_stock(tx, &row.reservation_id, now).await?;
+    if let Some(released) =
+        storage::leave_active(tx, &row.reservation_id, RELEASED, reason, now).await?
+    {
+        let allocations = return_stock(tx, &row.reservation_id, now).await?;
+        return load_with(tx, &released, allocations).await;
     }
     let row = storage::reservation(tx, &row.reservation_id)
         .await?
@@ -245,18 +263,27 @@ pub async fn release(
 /// state meanwhile (committed, released, or expired by another replica's reaper).
 pub async fn expire(tx: &mut Tx, reservation_id: &str) -> Result<bool, InventoryError> {
     let now = now_millis();
-    if !storage::leave_active(tx, reservation_id, EXPIRED, "ttl elapsed", now).await? {
+    if storage::leave_active(tx, reservation_id, EXPIRED, "ttl elapsed", now)
+        .await?
+        .is_none()
+    {
         return Ok(false);
     }
     return_stock(tx, reservation_id, now).await?;
     Ok(true)
 }
 
-async fn return_stock(tx: &mut Tx, reservation_id: &str, now: i64) -> Result<(), InventoryError> {
-    for a in storage::allocations(tx, reservation_id).await? {
+/// Returns a reservation's allocated stock; the allocations it returned.
+async fn return_stock(
+    tx: &mut Tx,
+    reservation_id: &str,
+    now: i64,
+) -> Result<Vec<AllocationRow>, InventoryError> {
+    let allocations = storage::allocations(tx, reservation_id).await?;
+    for a in &allocations {
         storage::unreserve(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
     }
-    Ok(())
+    Ok(allocations)
 }
 
 #[cfg(test)]

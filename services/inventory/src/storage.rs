@@ -442,29 +442,28 @@ pub async fn allocations(tx: &mut Tx, reservation_id: &str) -> Result<Vec<Alloca
     }))
 }
 
-/// Moves an active reservation to `to`; false when it is no longer active (someone else —
-/// a release, a commit, another replica's reaper — got there first).
+/// Moves an active reservation to `to` and returns it as it left it; `None` when it is no longer
+/// active (someone else — a release, a commit, another replica's reaper — got there first).
 pub async fn leave_active(
     tx: &mut Tx,
     reservation_id: &str,
     to: &str,
     reason: &str,
     now: i64,
-) -> Result<bool, DbError> {
-    let n = on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE reservations SET state = $2, release_reason = $3, updated_at = $4 \
-             WHERE reservation_id = $1 AND state = 'active'",
-        )
-        .bind(reservation_id)
-        .bind(to)
-        .bind(reason)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    });
-    Ok(n == 1)
+) -> Result<Option<ReservationRow>, DbError> {
+    let sql = format!(
+        "UPDATE reservations SET state = $2, release_reason = $3, updated_at = $4 \
+         WHERE reservation_id = $1 AND state = 'active' RETURNING {RESERVATION_COLUMNS}"
+    );
+    Ok(on_backend!(tx, conn => {
+        sqlx::query_as(&sql)
+            .bind(reservation_id)
+            .bind(to)
+            .bind(reason)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?
+    }))
 }
 
 /// Up to `limit` active reservations past their expiry, oldest first.

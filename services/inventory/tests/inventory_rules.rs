@@ -346,8 +346,10 @@ async fn commit_and_release_move_stock_once_and_refuse_each_other() {
         .unwrap();
     let done = h.commit(&committed).await.unwrap();
     assert_eq!(done.state(), ReservationState::Committed);
+    // Built from the row the commit returned, not read back: the same as what is stored.
+    assert_eq!(done, h.reservation(&committed).await);
     assert_eq!(h.level("PLENTY", "west").await, (96, 0));
-    h.commit(&committed).await.unwrap();
+    assert_eq!(h.commit(&committed).await.unwrap(), done);
     assert_eq!(
         h.level("PLENTY", "west").await,
         (96, 0),
@@ -380,6 +382,7 @@ async fn commit_and_release_move_stock_once_and_refuse_each_other() {
         .unwrap();
     assert_eq!(by_id.state(), ReservationState::Released);
     assert_eq!(by_id.release_reason, "payment declined");
+    assert_eq!(by_id, h.reservation(&released).await);
     assert_eq!(h.level("PLENTY", "west").await, (96, 0));
     h.release(&released).await.unwrap();
     assert_eq!(
