@@ -1,6 +1,7 @@
 //! Cost of the idempotency layer per request, on both backends:
-//! * `claim_and_complete`: a new request_id — store the key with its answer, commit;
-//! * `replay`: a repeated request_id — read the stored answer;
+//! * `new_key`: a new request_id — store the key with its answer, commit;
+//! * `replay`: a repeated request_id — storing the answer finds the key remembered, the
+//!   transaction is rolled back, and the stored answer is read and returned;
 //! * `bare_write_transaction`: the floor, one write transaction with one small insert.
 //!
 //! `cargo bench -p checkout-kit --bench idempotency`. The Postgres group runs against
@@ -81,7 +82,7 @@ fn bench_backend(c: &mut Criterion, backend: Backend, name: &str) {
     let layer = Idempotency::new(db.clone(), IdempotencyConfig::default());
 
     let mut group = c.benchmark_group(format!("idempotency/{name}"));
-    group.bench_function("claim_and_complete", |b| {
+    group.bench_function("new_key", |b| {
         b.to_async(&runtime).iter(|| {
             let request = request(uuid::Uuid::new_v4().to_string());
             let layer = &layer;

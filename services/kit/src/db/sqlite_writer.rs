@@ -16,7 +16,9 @@
 //! one that fails rolls back only its own changes), and one COMMIT, queued behind them, makes
 //! all of them durable. No writer hears "committed" before that COMMIT is done, and a failed
 //! COMMIT fails every writer of the batch. The writers still run one after another, each seeing
-//! the changes of those before it, as they would after separate commits.
+//! the changes of those before it, as they would after separate commits. (A constraint checked
+//! only at COMMIT — a deferred one — would let one writer fail its whole batch; no schema of this
+//! system defers a constraint.)
 //!
 //! Every way a write can end — commit, rollback, an error, or the caller's future dropped at
 //! any await — leaves the connection with no unfinished writer's changes before the next
