@@ -226,9 +226,10 @@ impl WriteTx {
     /// otherwise leaves the changes to the COMMIT shared with the writers waiting. If this
     /// future is dropped before its changes were handed to a COMMIT, they are rolled back.
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        if self.role == Role::Joiner {
-            sqlx::query("RELEASE writer").execute(self.conn()).await?;
-        }
+        // A joiner's savepoint is left open, not released: the batch's COMMIT ends every
+        // savepoint in it, and the next joiner's savepoint nests inside (a rollback to
+        // `writer` goes back to the innermost one only), so a RELEASE would cost a statement
+        // and change nothing.
         let turn = self.turn.as_mut().expect("held until finished");
         if turn.batch.is_none() && self.gate.waiting.load(Ordering::SeqCst) == 0 {
             sqlx::query("COMMIT").execute(self.conn()).await?;
