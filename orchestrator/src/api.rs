@@ -18,9 +18,9 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::changes::Watch;
 use crate::checkout_saga::{CheckoutInput, SAGA_TYPE};
-use crate::runner::Engine;
+use crate::runner::{Engine, WriteAhead};
 use crate::saga::machine::{Direction, SagaStatus};
-use crate::store::{self, EventRow, SagaRow};
+use crate::store::{self, EventRow, NewEvent, SagaRow};
 use crate::view;
 
 const START: &str = "/checkout.checkout.v1.CheckoutService/StartCheckout";
@@ -207,9 +207,10 @@ impl CheckoutService for CheckoutApi {
         // The saga the body stored; the body runs for a repeated request too, and its saga is
         // rolled back then.
         let created: SagaRow;
+        let written_ahead: Option<WriteAhead>;
         let started = idempotent!(self.idempotency, key, |tx| {
             let now = now_millis();
-            let saga = SagaRow {
+            let mut saga = SagaRow {
                 saga_id: uuid::Uuid::now_v7().to_string(),
                 saga_type: SAGA_TYPE.to_owned(),
                 cart_id: req.cart_id.clone(),
@@ -237,32 +238,46 @@ impl CheckoutService for CheckoutApi {
                 created_at: now,
                 updated_at: now,
             };
-            let names: Vec<&str> = def.steps.iter().map(|s| s.name).collect();
-            let steps = store::insert_saga(tx, &saga, &names)
+            // The first step's write-ahead goes with the saga: one durable write fewer.
+            let first = self.engine.first_write_ahead(&mut saga);
+            let steps = first.as_ref().map_or_else(Vec::new, |f| f.steps.clone());
+            store::insert_saga(tx, &saga, &steps)
                 .await
                 .map_err(db_status)?;
-            let accepted = EventRow {
-                sequence: 1,
-                at: now,
-                kind: "accepted".to_owned(),
+            let accepted = NewEvent {
+                kind: "accepted",
                 step: String::new(),
                 message: "checkout accepted".to_owned(),
                 status: saga.status.clone(),
             };
-            store::append_event(
-                tx,
-                &saga.saga_id,
-                "accepted",
-                &accepted.step,
-                &accepted.message,
-                &accepted.status,
-                now,
-            )
-            .await
-            .map_err(db_status)?;
+            let mut events = vec![(saga.saga_id.as_str(), &accepted)];
+            let mut attempts = Vec::new();
+            if let Some(first) = &first {
+                store::record_attempts(tx, &[(saga.saga_id.as_str(), &first.attempt)])
+                    .await
+                    .map_err(db_status)?;
+                events.push((saga.saga_id.as_str(), &first.event));
+                attempts.push(first.attempt.clone());
+            }
+            store::append_events(tx, &events, now)
+                .await
+                .map_err(db_status)?;
+            let timeline: Vec<EventRow> = events
+                .iter()
+                .zip(1..)
+                .map(|((_, e), sequence)| EventRow {
+                    sequence,
+                    at: now,
+                    kind: e.kind.to_owned(),
+                    step: e.step.clone(),
+                    message: e.message.clone(),
+                    status: e.status.clone(),
+                })
+                .collect();
             let answer = StartCheckoutResponse {
-                checkout: Some(view::checkout(def, &saga, &steps, &[], &[accepted])),
+                checkout: Some(view::checkout(def, &saga, &steps, &attempts, &timeline)),
             };
+            written_ahead = first;
             created = saga;
             Ok(answer)
         })?;
@@ -277,7 +292,7 @@ impl CheckoutService for CheckoutApi {
         let known = if created.saga_id == checkout_id {
             crate::metrics::metrics().started.add(1, &[]);
             let status = created.status.clone();
-            self.engine.start_new(created);
+            self.engine.start_new(created, written_ahead.as_ref());
             Some(status)
         } else {
             // A retried request whose saga may still need a driver.

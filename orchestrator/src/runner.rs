@@ -203,6 +203,41 @@ fn state_of(saga: &SagaRow, steps: &[StepRow], now: i64) -> Result<SagaState, En
     })
 }
 
+/// An attempt as written ahead of its command: in flight, its request id the one every
+/// attempt of the step in that direction sends.
+fn in_flight(
+    saga_id: &str,
+    step: usize,
+    name: &str,
+    direction: Direction,
+    number: u32,
+) -> AttemptRow {
+    AttemptRow {
+        step_index: i64::try_from(step).unwrap_or(i64::MAX),
+        direction: direction.as_str().to_owned(),
+        number: i64::from(number),
+        request_id: request_id(saga_id, name, direction),
+        outcome: "in_flight".to_owned(),
+        status_code: String::new(),
+        message: String::new(),
+        started_at: now_millis(),
+        ended_at: None,
+    }
+}
+
+/// The timeline event of an attempt written ahead.
+fn started_event(direction: Direction, label: &str, number: u32, status: &str) -> NewEvent {
+    NewEvent {
+        kind: match direction {
+            Direction::Forward => "step_started",
+            Direction::Compensation => "compensation_step_started",
+        },
+        step: label.to_owned(),
+        message: format!("attempt {number}"),
+        status: status.to_owned(),
+    }
+}
+
 fn step_row(i: usize, name: &str, s: &StepState) -> StepRow {
     StepRow {
         step_index: i64::try_from(i).unwrap_or(i64::MAX),
@@ -287,10 +322,42 @@ impl Engine {
     }
 
     /// Drives a saga this replica has just stored, leased to itself, as `saga` shows it: it
-    /// is neither claimed nor read back.
-    pub fn start_new(&self, saga: SagaRow) {
+    /// is neither claimed nor read back. With `first` (stored with the saga, see
+    /// [`Engine::first_write_ahead`]) its first attempt is sent without being written again.
+    pub fn start_new(&self, saga: SagaRow, first: Option<&WriteAhead>) {
         let saga_id = saga.saga_id.clone();
-        self.start_with(&saga_id, Begin::Fresh(Box::new(saga)));
+        let written_ahead = first.is_some();
+        self.start_with(
+            &saga_id,
+            Begin::Fresh {
+                saga: Box::new(saga),
+                written_ahead,
+            },
+        );
+    }
+
+    /// The first step's write-ahead record of a saga about to be stored: every step (the first
+    /// one running its first attempt), that attempt in flight, and its timeline event. Stored
+    /// in the same transaction as the saga, it spares each saga one durable journal write (the
+    /// driver's first), and [`Engine::start_new`] then sends the attempt at once. A fresh saga
+    /// always begins with it: it is running, has no cancel and is within its deadline. `None`
+    /// for a saga without steps.
+    pub fn first_write_ahead(&self, saga: &mut SagaRow) -> Option<WriteAhead> {
+        let first = self.def.steps.first()?;
+        let mut states = vec![StepState::NEW; self.def.steps.len()];
+        states[0].forward_attempts = 1;
+        states[0].status = StepStatus::Running;
+        saga.step_index = 0;
+        saga.pivot_started |= self.def.pivot() == 0;
+        Some(WriteAhead {
+            steps: states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| step_row(i, self.def.steps[i].name, s))
+                .collect(),
+            attempt: in_flight(&saga.saga_id, 0, first.name, Direction::Forward, 1),
+            event: started_event(Direction::Forward, first.name, 1, &saga.status),
+        })
     }
 
     fn start_with(&self, saga_id: &str, begin: Begin) {
@@ -401,6 +468,7 @@ impl Engine {
 
     async fn drive_from(&self, saga_id: &str, begin: Begin) -> Result<(), EngineError> {
         let owner = self.config.replica_id.clone();
+        let mut first_written_ahead = false;
         let (saga, steps) = match begin {
             Begin::Claim => {
                 if !self.claim(saga_id, &owner).await? {
@@ -408,10 +476,16 @@ impl Engine {
                 }
                 self.load(saga_id).await?
             }
-            Begin::Fresh(saga) => {
+            Begin::Fresh {
+                saga,
+                written_ahead,
+            } => {
+                // As the driver sees them before its first attempt: that attempt's records, if
+                // stored with the saga, are made again in memory as it is sent.
                 let steps = (0..self.def.steps.len())
                     .map(|i| step_row(i, self.def.steps[i].name, &StepState::NEW))
                     .collect();
+                first_written_ahead = written_ahead;
                 (*saga, steps)
             }
         };
@@ -424,7 +498,10 @@ impl Engine {
             // A saga resumed after a restart continues the trace of the request that started it.
             telemetry::adopt(&span, telemetry::context_of(&saga.trace_context));
         }
-        let result = self.drive_owned(saga, steps, &owner).instrument(span).await;
+        let result = self
+            .drive_owned(saga, steps, &owner, first_written_ahead)
+            .instrument(span)
+            .await;
         if !matches!(result, Ok(Stop::Released)) {
             let mut tx = self.db.begin().await?;
             store::release(&mut tx, saga_id, &owner).await?;
@@ -439,6 +516,7 @@ impl Engine {
         mut saga: SagaRow,
         steps: Vec<StepRow>,
         owner: &str,
+        mut first_written_ahead: bool,
     ) -> Result<Stop, EngineError> {
         let corrupt =
             |e: serde_json::Error| EngineError::Corrupt(saga.saga_id.clone(), e.to_string());
@@ -456,7 +534,19 @@ impl Engine {
             state.step_index = index(saga.step_index);
             state.cancel_requested = saga.cancel_requested;
             state.deadline_passed = now > saga.deadline_at;
-            match machine::decide(&self.def, &state) {
+            // A first attempt stored with the saga is sent whatever the clock says now: its
+            // record says it may be in flight.
+            let written_ahead = std::mem::take(&mut first_written_ahead);
+            let decision = if written_ahead {
+                Decision::Attempt {
+                    step: 0,
+                    direction: Direction::Forward,
+                    number: 1,
+                }
+            } else {
+                machine::decide(&self.def, &state)
+            };
+            match decision {
                 Decision::Idle => {
                     if !pending.is_empty() {
                         self.save(&mut saga, &mut state, owner, &pending, false)
@@ -503,6 +593,7 @@ impl Engine {
                         direction,
                         number,
                         input: &input,
+                        written_ahead,
                     };
                     let before = std::mem::take(&mut pending);
                     match self
@@ -615,13 +706,13 @@ impl Engine {
             direction,
             number,
             input,
+            written_ahead,
         } = a;
         let def = &self.def.steps[step];
         let label = match direction {
             Direction::Forward => def.name,
             Direction::Compensation => def.compensation.unwrap_or(def.name),
         };
-        let request_id = request_id(&saga.saga_id, def.name, direction);
         let undo = (state.steps[step], saga.step_index);
         {
             let s = &mut state.steps[step];
@@ -639,26 +730,17 @@ impl Engine {
         if direction == Direction::Forward {
             saga.step_index = i64::try_from(step).unwrap_or(i64::MAX);
         }
-        let mut attempt = AttemptRow {
-            step_index: i64::try_from(step).unwrap_or(i64::MAX),
-            direction: direction.as_str().to_owned(),
-            number: i64::from(number),
-            request_id: request_id.clone(),
-            outcome: "in_flight".to_owned(),
-            status_code: String::new(),
-            message: String::new(),
-            started_at: now_millis(),
-            ended_at: None,
-        };
-        let kind = match direction {
-            Direction::Forward => "step_started",
-            Direction::Compensation => "compensation_step_started",
-        };
+        let mut attempt = in_flight(&saga.saga_id, step, def.name, direction, number);
         let mut ahead = before.clone();
         ahead.steps.push(step);
         ahead.started = Some(attempt.clone());
-        ahead.event(kind, label, format!("attempt {number}"), &saga.status);
-        if !self.save(saga, state, owner, &ahead, false).await? {
+        ahead
+            .events
+            .push(started_event(direction, label, number, &saga.status));
+        if written_ahead && before.is_empty() {
+            // Stored with the saga already.
+            self.config.crash_points.hit("after_write_ahead", def.name);
+        } else if !self.save(saga, state, owner, &ahead, false).await? {
             let pivot = direction == Direction::Forward && step == self.def.pivot();
             if !pivot {
                 return Ok(Attempted::Fenced);
@@ -689,7 +771,7 @@ impl Engine {
                 saga_id: &saga.saga_id,
                 step: def.name,
                 direction,
-                request_id: &request_id,
+                request_id: &attempt.request_id,
                 input,
                 outputs,
                 timeout: def.timeout,
@@ -776,8 +858,14 @@ impl Engine {
 enum Begin {
     /// Take the lease (a crashed driver's attempts in flight become ambiguous), then read.
     Claim,
-    /// A saga this replica has just stored, leased to itself: nothing of it can be in flight.
-    Fresh(Box<SagaRow>),
+    /// A saga this replica has just stored, leased to itself: nothing of it can be in flight
+    /// but its first attempt, if that was written ahead with it.
+    Fresh {
+        /// The saga as stored.
+        saga: Box<SagaRow>,
+        /// Its first attempt was stored with it ([`Engine::first_write_ahead`]).
+        written_ahead: bool,
+    },
 }
 
 /// How driving a saga ended.
@@ -794,6 +882,20 @@ struct Attempt<'a> {
     direction: Direction,
     number: u32,
     input: &'a Value,
+    /// Stored already, with the saga: sent without a write of its own.
+    written_ahead: bool,
+}
+
+/// The first step's write-ahead record of a saga, stored with the saga by the request that
+/// starts it ([`Engine::first_write_ahead`]).
+#[derive(Debug, Clone)]
+pub struct WriteAhead {
+    /// Every step, the first running its first attempt.
+    pub steps: Vec<StepRow>,
+    /// The first attempt, in flight.
+    pub attempt: AttemptRow,
+    /// The attempt's timeline event.
+    pub event: NewEvent,
 }
 
 /// What an attempt came to.

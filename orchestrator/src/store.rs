@@ -119,12 +119,8 @@ const SAGA_COLUMNS: &str = "saga_id, saga_type, cart_id, customer_id, status, di
      cancel_requested, pivot_started, deadline_at, next_attempt_at, lease_owner, \
      lease_expires_at, version, trace_context, created_at, updated_at";
 
-/// Inserts a new saga and its steps, all pending; returns the steps.
-pub async fn insert_saga(
-    tx: &mut Tx,
-    s: &SagaRow,
-    steps: &[&str],
-) -> Result<Vec<StepRow>, DbError> {
+/// Inserts a new saga and its steps.
+pub async fn insert_saga(tx: &mut Tx, s: &SagaRow, rows: &[StepRow]) -> Result<(), DbError> {
     let sql = format!(
         "INSERT INTO sagas ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
          $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
@@ -156,20 +152,6 @@ pub async fn insert_saga(
             .execute(&mut *conn)
             .await?;
     });
-    let rows: Vec<StepRow> = steps
-        .iter()
-        .enumerate()
-        .map(|(i, name)| StepRow {
-            step_index: i64::try_from(i).unwrap_or(i64::MAX),
-            name: (*name).to_owned(),
-            status: "pending".to_owned(),
-            forward_attempts: 0,
-            compensation_attempts: 0,
-            forward_retry_base: 0,
-            compensation_retry_base: 0,
-            may_have_applied: false,
-        })
-        .collect();
     let sql = format!(
         "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
            compensation_attempts, forward_retry_base, compensation_retry_base, may_have_applied) \
@@ -178,7 +160,7 @@ pub async fn insert_saga(
     );
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
-        for r in &rows {
+        for r in rows {
             q = q
                 .bind(&s.saga_id)
                 .bind(r.step_index)
@@ -192,7 +174,7 @@ pub async fn insert_saga(
         }
         q.execute(&mut *conn).await?;
     });
-    Ok(rows)
+    Ok(())
 }
 
 /// A saga.

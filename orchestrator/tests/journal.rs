@@ -41,9 +41,21 @@ async fn stored(db: &Db, n: usize) -> Vec<SagaRow> {
     let mut sagas = Vec::new();
     for i in 0..n {
         let s = saga(i);
-        store::insert_saga(&mut tx, &s, &["first", "second"])
-            .await
-            .unwrap();
+        let steps: Vec<StepRow> = ["first", "second"]
+            .iter()
+            .zip(0..)
+            .map(|(name, step_index)| StepRow {
+                step_index,
+                name: (*name).to_owned(),
+                status: "pending".to_owned(),
+                forward_attempts: 0,
+                compensation_attempts: 0,
+                forward_retry_base: 0,
+                compensation_retry_base: 0,
+                may_have_applied: false,
+            })
+            .collect();
+        store::insert_saga(&mut tx, &s, &steps).await.unwrap();
         sagas.push(s);
     }
     tx.commit().await.unwrap();
