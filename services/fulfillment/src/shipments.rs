@@ -9,7 +9,7 @@ use checkout_proto::fulfillment::{Shipment, ShipmentEvent, ShipmentLine, Shipmen
 
 use crate::address::ServedCountries;
 use crate::error::FulfillmentError;
-use crate::storage::{self, LineRow, ShipmentRow};
+use crate::storage::{self, EventRow, LineRow, ShipmentRow};
 
 const PENDING: &str = "pending";
 const PACKED: &str = "packed";
@@ -53,7 +53,12 @@ fn next_of(status: &str) -> Option<&'static str> {
 async fn load(tx: &mut Tx, row: &ShipmentRow) -> Result<Shipment, FulfillmentError> {
     let lines = storage::lines(tx, &row.shipment_id).await?;
     let events = storage::events(tx, &row.shipment_id).await?;
-    Ok(Shipment {
+    Ok(shipment(row, lines, events))
+}
+
+/// A shipment as stored: its row, its lines (by sku) and its history (oldest first).
+fn shipment(row: &ShipmentRow, lines: Vec<LineRow>, events: Vec<EventRow>) -> Shipment {
+    Shipment {
         shipment_id: row.shipment_id.clone(),
         checkout_id: row.checkout_id.clone(),
         warehouse_id: row.warehouse_id.clone(),
@@ -85,7 +90,7 @@ async fn load(tx: &mut Tx, row: &ShipmentRow) -> Result<Shipment, FulfillmentErr
             .collect(),
         create_time: Some(timestamp(row.created_at)),
         update_time: Some(timestamp(row.updated_at)),
-    })
+    }
 }
 
 async fn load_all(tx: &mut Tx, checkout_id: &str) -> Result<Vec<Shipment>, FulfillmentError> {
@@ -147,6 +152,9 @@ pub async fn create(
         }
         return Ok(existing);
     }
+    // Answered from what is written, in the order the reads give (byte order of warehouse
+    // and sku, as the map iterates), instead of reading it all back.
+    let mut created = Vec::new();
     for (warehouse_id, lines) in by_warehouse(allocations) {
         let row = ShipmentRow {
             shipment_id: uuid::Uuid::now_v7().to_string(),
@@ -167,12 +175,21 @@ pub async fn create(
             updated_at: now,
         };
         storage::insert_shipment(tx, &row).await?;
-        for (sku, quantity) in lines {
-            storage::insert_line(tx, &row.shipment_id, &LineRow { sku, quantity }).await?;
+        let lines: Vec<LineRow> = lines
+            .into_iter()
+            .map(|(sku, quantity)| LineRow { sku, quantity })
+            .collect();
+        for line in &lines {
+            storage::insert_line(tx, &row.shipment_id, line).await?;
         }
         storage::append_event(tx, &row.shipment_id, PENDING, now).await?;
+        let events = vec![EventRow {
+            status: PENDING.to_owned(),
+            at: now,
+        }];
+        created.push(shipment(&row, lines, events));
     }
-    load_all(tx, checkout_id).await
+    Ok(created)
 }
 
 /// Cancels a checkout's shipments while none has shipped; before any create it records a

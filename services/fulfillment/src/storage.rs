@@ -174,14 +174,16 @@ pub async fn append_event(
     Ok(())
 }
 
-/// A checkout's shipments by warehouse.
+/// A checkout's shipments by warehouse, in byte order of the warehouse id.
 pub async fn shipments_of(tx: &mut Tx, checkout_id: &str) -> Result<Vec<ShipmentRow>, DbError> {
-    let sql = format!(
-        "SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE checkout_id = $1 ORDER BY warehouse_id"
-    );
-    Ok(on_backend!(tx, conn => {
+    let sql = format!("SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE checkout_id = $1");
+    let mut rows: Vec<ShipmentRow> = on_backend!(tx, conn => {
         sqlx::query_as(&sql).bind(checkout_id).fetch_all(&mut *conn).await?
-    }))
+    });
+    // Sorted here, not by the database: Postgres orders text by the database's collation, and
+    // a create answers in byte order without reading its shipments back.
+    rows.sort_by(|a, b| a.warehouse_id.cmp(&b.warehouse_id));
+    Ok(rows)
 }
 
 /// One shipment.
@@ -232,16 +234,16 @@ pub async fn move_status(
     Ok(n == 1)
 }
 
-/// A shipment's lines.
+/// A shipment's lines, in byte order of the sku (see [`shipments_of`]).
 pub async fn lines(tx: &mut Tx, shipment_id: &str) -> Result<Vec<LineRow>, DbError> {
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT sku, quantity FROM shipment_lines WHERE shipment_id = $1 ORDER BY sku",
-        )
-        .bind(shipment_id)
-        .fetch_all(&mut *conn)
-        .await?
-    }))
+    let mut lines: Vec<LineRow> = on_backend!(tx, conn => {
+        sqlx::query_as("SELECT sku, quantity FROM shipment_lines WHERE shipment_id = $1")
+            .bind(shipment_id)
+            .fetch_all(&mut *conn)
+            .await?
+    });
+    lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+    Ok(lines)
 }
 
 /// A shipment's history, oldest first.

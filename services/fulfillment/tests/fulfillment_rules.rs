@@ -174,6 +174,43 @@ async fn one_shipment_per_warehouse_with_its_lines() {
 }
 
 #[tokio::test]
+async fn shipments_and_lines_come_in_byte_order_in_the_create_answer_and_every_read() {
+    let h = harness().await;
+    let checkout = rid();
+    // Punctuation and case order differently under a language collation (which Postgres may
+    // use for text) than byte by byte.
+    let created = h
+        .create_with(
+            &rid(),
+            &checkout,
+            vec![
+                alloc("AB", "w2", 1),
+                alloc("A_B", "w2", 2),
+                alloc("A-C", "w2", 3),
+                alloc("A.B", "w2", 4),
+                alloc("Z", "W1", 5),
+            ],
+            address("DE"),
+        )
+        .await
+        .unwrap();
+    let order: Vec<(&str, Vec<&str>)> = created
+        .iter()
+        .map(|s| {
+            (
+                s.warehouse_id.as_str(),
+                s.lines.iter().map(|l| l.sku.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![("W1", vec!["Z"]), ("w2", vec!["A-C", "A.B", "AB", "A_B"])]
+    );
+    assert_eq!(h.get(&checkout).await, created);
+}
+
+#[tokio::test]
 async fn addresses_are_checked_field_by_field_and_unserved_countries_refused() {
     let h = harness().await;
     let mut bad = address("DE");
