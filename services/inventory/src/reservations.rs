@@ -49,7 +49,17 @@ async fn load_with(
     allocations: Vec<AllocationRow>,
 ) -> Result<Reservation, InventoryError> {
     let lines = storage::lines(tx, &row.reservation_id).await?;
-    Ok(Reservation {
+    Ok(reservation(row, lines, allocations))
+}
+
+/// A reservation from its row, its lines (in request order) and its allocations (in
+/// [`storage::allocation_order`]).
+fn reservation(
+    row: &ReservationRow,
+    lines: Vec<LineRow>,
+    allocations: Vec<AllocationRow>,
+) -> Reservation {
+    Reservation {
         reservation_id: row.reservation_id.clone(),
         checkout_id: row.checkout_id.clone(),
         state: state_of(&row.state).into(),
@@ -72,7 +82,7 @@ async fn load_with(
         create_time: Some(timestamp(row.created_at)),
         update_time: Some(timestamp(row.updated_at)),
         release_reason: row.release_reason.clone(),
-    })
+    }
 }
 
 /// Splits each line across warehouses by priority. Returns the allocations, or the skus that
@@ -174,7 +184,24 @@ pub async fn reserve(
     for (allocation, _) in &allocations {
         storage::insert_allocation(tx, &row.reservation_id, allocation).await?;
     }
-    load(tx, &row).await
+    // Answered from what was written, not read back.
+    let ranked: Vec<(AllocationRow, i64)> = allocations
+        .into_iter()
+        .map(|(allocation, _)| {
+            let priority = stock
+                .get(&allocation.sku)
+                .into_iter()
+                .flatten()
+                .find(|s| s.warehouse_id == allocation.warehouse_id)
+                .map_or(i64::MAX, |s| s.priority);
+            (allocation, priority)
+        })
+        .collect();
+    Ok(reservation(
+        &row,
+        lines.to_vec(),
+        storage::allocation_order(ranked),
+    ))
 }
 
 async fn find(tx: &mut Tx, target: &Target) -> Result<Option<ReservationRow>, InventoryError> {

@@ -428,18 +428,43 @@ pub async fn lines(tx: &mut Tx, reservation_id: &str) -> Result<Vec<LineRow>, Db
     }))
 }
 
-/// A reservation's allocations.
+/// A reservation's allocations, in [`allocation_order`].
 pub async fn allocations(tx: &mut Tx, reservation_id: &str) -> Result<Vec<AllocationRow>, DbError> {
-    Ok(on_backend!(tx, conn => {
+    let ranked: Vec<(String, String, i64, i64)> = on_backend!(tx, conn => {
         sqlx::query_as(
-            "SELECT a.sku, a.warehouse_id, a.quantity FROM reservation_allocations a \
+            "SELECT a.sku, a.warehouse_id, a.quantity, w.priority FROM reservation_allocations a \
              JOIN warehouses w ON w.warehouse_id = a.warehouse_id \
-             WHERE a.reservation_id = $1 ORDER BY a.sku, w.priority",
+             WHERE a.reservation_id = $1",
         )
         .bind(reservation_id)
         .fetch_all(&mut *conn)
         .await?
-    }))
+    });
+    Ok(allocation_order(
+        ranked
+            .into_iter()
+            .map(|(sku, warehouse_id, quantity, priority)| {
+                (
+                    AllocationRow {
+                        sku,
+                        warehouse_id,
+                        quantity,
+                    },
+                    priority,
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// The order a reservation lists its allocations in: by sku, then by the warehouse's priority
+/// and id. Sorted here, not by the database — Postgres orders text by the database's collation
+/// — so a reservation built in memory lists them exactly as one read back.
+pub fn allocation_order(mut ranked: Vec<(AllocationRow, i64)>) -> Vec<AllocationRow> {
+    ranked.sort_by(|(a, a_priority), (b, b_priority)| {
+        (&a.sku, a_priority, &a.warehouse_id).cmp(&(&b.sku, b_priority, &b.warehouse_id))
+    });
+    ranked.into_iter().map(|(a, _)| a).collect()
 }
 
 /// Moves an active reservation to `to` and returns it as it left it; `None` when it is no longer

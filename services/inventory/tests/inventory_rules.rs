@@ -301,6 +301,62 @@ async fn reservations_fill_warehouses_by_priority_all_or_nothing() {
 }
 
 #[tokio::test]
+async fn a_reservation_answers_its_lines_and_allocations_in_the_order_it_is_read_back() {
+    let h = harness().await;
+    // Punctuation orders differently under a language collation (which Postgres may use for
+    // text) than byte by byte.
+    for (sku, warehouse, on_hand) in [
+        ("AB", "east", 5),
+        ("A_B", "east", 5),
+        ("A-C", "east", 1),
+        ("A-C", "west", 5),
+        ("A.B", "west", 5),
+    ] {
+        h.api
+            .set_stock(Request::new(SetStockRequest {
+                request_id: rid(),
+                sku: sku.to_owned(),
+                warehouse_id: warehouse.to_owned(),
+                on_hand,
+            }))
+            .await
+            .unwrap();
+    }
+    let checkout = rid();
+    let reserved = h
+        .reserve(
+            &checkout,
+            vec![
+                line("AB", 1),
+                line("A_B", 1),
+                line("A-C", 3),
+                line("A.B", 1),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let allocations: Vec<(&str, &str, i64)> = reserved
+        .allocations
+        .iter()
+        .map(|a| (a.sku.as_str(), a.warehouse_id.as_str(), a.quantity))
+        .collect();
+    assert_eq!(
+        allocations,
+        vec![
+            ("A-C", "east", 1),
+            ("A-C", "west", 2),
+            ("A.B", "west", 1),
+            ("AB", "east", 1),
+            ("A_B", "east", 1),
+        ]
+    );
+    let lines: Vec<&str> = reserved.lines.iter().map(|l| l.sku.as_str()).collect();
+    assert_eq!(lines, ["AB", "A_B", "A-C", "A.B"]);
+    assert_eq!(h.reservation(&checkout).await, reserved);
+}
+
+#[tokio::test]
 async fn malformed_reservations_are_refused_by_field() {
     let h = harness().await;
     let cases: Vec<(Vec<ReservationLine>, Option<prost_types::Duration>, &str)> = vec![
