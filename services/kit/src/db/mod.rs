@@ -218,6 +218,10 @@ impl Db {
                     // it with read() calls cost more than any statement. Writes still go
                     // through the WAL, so durability is unchanged.
                     .pragma("mmap_size", "268435456")
+                    // The savepoints of a shared commit nest until its COMMIT, and their undo
+                    // journal grows with the batch: in memory it costs no temporary file and no
+                    // write() per page (it is only ever read to roll a writer back).
+                    .pragma("temp_store", "memory")
                     .busy_timeout(config.sqlite_busy_timeout)
                     .foreign_keys(true);
                 if let Some(parent) = std::path::Path::new(options.get_filename()).parent()
@@ -550,23 +554,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sqlite_connections_map_the_file_keep_the_wal_and_sync_every_commit() {
+    async fn sqlite_connections_map_the_file_keep_the_wal_sync_every_commit_and_journal_savepoints_in_memory()
+     {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/x.db", dir.path().display());
         let db = Db::connect(&url, &PoolConfig::default()).await.unwrap();
         // Both kinds of connection: a pooled reader and the writer.
         for mut tx in [db.begin_read().await.unwrap(), db.begin().await.unwrap()] {
-            let (mmap, journal, synchronous): (i64, String, i64) = on_backend!(&mut tx, conn => {
+            let (mmap, journal, synchronous, temp_store): (i64, String, i64, i64) = on_backend!(&mut tx, conn => {
                 let mmap = sqlx::query_scalar("PRAGMA mmap_size").fetch_one(&mut *conn).await.unwrap();
                 let journal = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut *conn).await.unwrap();
                 let synchronous = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
-                (mmap, journal, synchronous)
+                let temp_store = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&mut *conn).await.unwrap();
+                (mmap, journal, synchronous, temp_store)
             });
             tx.rollback().await.unwrap();
             assert_eq!(mmap, 268_435_456);
             assert_eq!(journal, "wal");
             // FULL: the WAL is synced at every commit, so a power loss loses no commit.
             assert_eq!(synchronous, 2);
+            // MEMORY: savepoint journals never go to temporary files.
+            assert_eq!(temp_store, 2);
         }
         db.close().await;
     }
