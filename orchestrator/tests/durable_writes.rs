@@ -30,19 +30,9 @@ fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-#[tokio::test]
-async fn a_saga_is_stored_with_its_first_write_ahead_then_once_per_step() {
-    let database = TestDatabase::new("durable_writes");
-    let db = database
-        .migrated(&checkout_orchestrator::MIGRATIONS)
-        .await
-        .unwrap();
-    let def = checkout_saga::definition(Duration::from_secs(60), Duration::from_secs(5));
-    let steps = def.steps.len();
-    let engine = Engine::new(db.clone(), def, Arc::new(NoOp), EngineConfig::default());
-    let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
-    let api = CheckoutApi::new(db.clone(), idempotency, engine);
-    let request = |wait: i64| StartCheckoutRequest {
+/// Starts a checkout and waits up to `wait` seconds for its outcome.
+async fn start(api: &CheckoutApi, wait: i64) -> Checkout {
+    let request = StartCheckoutRequest {
         request_id: rid(),
         cart_id: rid(),
         customer_id: "grace".to_owned(),
@@ -60,15 +50,28 @@ async fn a_saga_is_stored_with_its_first_write_ahead_then_once_per_step() {
             nanos: 0,
         }),
     };
-
-    let before = db::commits_so_far();
-    let done = api
-        .start_checkout(Request::new(request(10)))
+    api.start_checkout(Request::new(request))
         .await
         .unwrap()
         .into_inner()
         .checkout
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_saga_is_stored_with_its_first_write_ahead_then_once_per_step() {
+    let database = TestDatabase::new("durable_writes");
+    let db = database
+        .migrated(&checkout_orchestrator::MIGRATIONS)
+        .await
         .unwrap();
+    let def = checkout_saga::definition(Duration::from_secs(60), Duration::from_secs(5));
+    let steps = def.steps.len();
+    let engine = Engine::new(db.clone(), def, Arc::new(NoOp), EngineConfig::default());
+    let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
+    let api = CheckoutApi::new(db.clone(), idempotency, engine);
+    let before = db::commits_so_far();
+    let done = start(&api, 10).await;
     assert_eq!(done.status(), CheckoutStatus::Completed);
     // The start stores the saga with the first step written ahead; each step's result then goes
     // with the next step's write-ahead, and the last one's with the end of the saga.
@@ -97,13 +100,7 @@ async fn a_saga_is_stored_with_its_first_write_ahead_then_once_per_step() {
 
     // Not waiting: the answer already shows the first step running its first attempt, as
     // stored.
-    let started = api
-        .start_checkout(Request::new(request(0)))
-        .await
-        .unwrap()
-        .into_inner()
-        .checkout
-        .unwrap();
+    let started = start(&api, 0).await;
     assert_eq!(started.steps.len(), steps);
     assert_eq!(started.timeline.len(), 2);
     assert_eq!(started.steps[0].attempts.len(), 1);
