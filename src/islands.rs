@@ -46,10 +46,7 @@ impl Islands {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
+                    let runtime = match checkout_kit::runtime::core_runtime() {
                         Ok(runtime) => runtime,
                         Err(e) => {
                             let _ = ready.send(Err(e));

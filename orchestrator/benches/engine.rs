@@ -75,10 +75,7 @@ fn bench_backend(c: &mut Criterion, backend: Backend, name: &str) {
     if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.first().copied()) {
         core_affinity::set_for_current(core);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = checkout_kit::runtime::core_runtime().expect("runtime");
     let database = TestDatabase::on(backend, "engine_bench");
     let db = match runtime.block_on(database.migrated(&checkout_orchestrator::MIGRATIONS)) {
         Ok(db) => db,

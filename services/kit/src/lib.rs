@@ -11,6 +11,7 @@
 //!   points for effects outside the database.
 //! * [`paging`]: AIP-158 page sizes and filter-bound page tokens.
 //! * [`retry`]: the one retry policy type (exponential backoff, full jitter, bounded).
+//! * [`runtime`]: the single-threaded runtime of a server with a core of its own.
 //! * [`server`]: a gRPC server with health, reflection (v1 and v1alpha), limits, timeouts and
 //!   graceful shutdown.
 //! * [`status`]: `tonic::Status` with `google.rpc` `ErrorInfo` and `BadRequest` details.
@@ -27,6 +28,7 @@ pub mod fault;
 pub mod idempotency;
 pub mod paging;
 pub mod retry;
+pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod status;
