@@ -20,7 +20,7 @@ use crate::changes::Watch;
 use crate::checkout_saga::{CheckoutInput, SAGA_TYPE};
 use crate::runner::{Engine, WriteAhead};
 use crate::saga::machine::{Direction, SagaStatus};
-use crate::store::{self, EventRow, NewEvent, SagaRow};
+use crate::store::{self, EventRow, NewEvent, SagaRow, SagaView};
 use crate::view;
 
 const START: &str = "/checkout.checkout.v1.CheckoutService/StartCheckout";
@@ -67,21 +67,23 @@ impl CheckoutApi {
         &self.engine
     }
 
-    async fn view_in(&self, tx: &mut Tx, saga: &SagaRow) -> Result<Checkout, Status> {
-        let steps = store::steps(tx, &saga.saga_id).await.map_err(db_status)?;
-        let attempts = store::attempts(tx, &saga.saga_id)
+    /// A stored saga's checkout, read in one statement; NOT_FOUND when there is none.
+    async fn view_in(&self, tx: &mut Tx, checkout_id: &str) -> Result<Checkout, Status> {
+        let found = store::saga_view(tx, checkout_id)
             .await
-            .map_err(db_status)?;
-        let events = store::events_after(tx, &saga.saga_id, 0)
-            .await
-            .map_err(db_status)?;
-        Ok(view::checkout(
+            .map_err(db_status)?
+            .ok_or_else(|| not_found(checkout_id))?;
+        Ok(self.render(&found))
+    }
+
+    fn render(&self, v: &SagaView) -> Checkout {
+        view::checkout(
             self.engine.definition(),
-            saga,
-            &steps,
-            &attempts,
-            &events,
-        ))
+            &v.saga,
+            &v.steps,
+            &v.attempts,
+            &v.events,
+        )
     }
 
     /// The checkout as it stands; NOT_FOUND for another customer's (ids cannot be probed).
@@ -90,16 +92,14 @@ impl CheckoutApi {
         checkout_id: &str,
         customer_id: Option<&str>,
     ) -> Result<Checkout, Status> {
-        let mut tx = self.db.begin_read().await.map_err(db_status)?;
-        let saga = store::saga(&mut tx, checkout_id).await.map_err(db_status)?;
-        let result = match saga {
-            Some(saga) if customer_id.is_none_or(|c| c == saga.customer_id) => {
-                self.view_in(&mut tx, &saga).await
-            }
+        // One statement: consistent without a transaction around it.
+        let mut conn = self.db.single_read().await.map_err(db_status)?;
+        let found = store::saga_view(&mut conn, checkout_id).await;
+        conn.rollback().await.map_err(db_status)?;
+        match found.map_err(db_status)? {
+            Some(v) if customer_id.is_none_or(|c| c == v.saga.customer_id) => Ok(self.render(&v)),
             _ => Err(not_found(checkout_id)),
-        };
-        tx.rollback().await.map_err(db_status)?;
-        result
+        }
     }
 
     /// Waits until the checkout is terminal or parked, or `wait` passes; then its state. Only
@@ -124,9 +124,11 @@ impl CheckoutApi {
             let status = match notice.take() {
                 Some(status) => status,
                 None => {
-                    let mut tx = self.db.begin_read().await.map_err(db_status)?;
-                    let saga = store::saga(&mut tx, checkout_id).await.map_err(db_status)?;
-                    tx.rollback().await.map_err(db_status)?;
+                    let mut conn = self.db.single_read().await.map_err(db_status)?;
+                    let saga = store::saga(&mut conn, checkout_id)
+                        .await
+                        .map_err(db_status)?;
+                    conn.rollback().await.map_err(db_status)?;
                     match saga {
                         Some(saga) => saga.status,
                         None => break,
@@ -424,7 +426,7 @@ impl CheckoutService for CheckoutApi {
         };
         let mut checkouts = Vec::with_capacity(rows.len());
         for saga in &rows {
-            checkouts.push(self.view_in(&mut tx, saga).await?);
+            checkouts.push(self.view_in(&mut tx, &saga.saga_id).await?);
         }
         tx.rollback().await.map_err(db_status)?;
         Ok(Response::new(ListCheckoutsResponse {
@@ -481,9 +483,8 @@ impl CheckoutService for CheckoutApi {
                     .into_status());
                 }
             }
-            let saga = store::saga(tx, &req.checkout_id).await.map_err(db_status)?.ok_or_else(|| not_found(&req.checkout_id))?;
             Ok(CancelCheckoutResponse {
-                checkout: Some(self.view_in(tx, &saga).await?),
+                checkout: Some(self.view_in(tx, &req.checkout_id).await?),
             })
         })
         .map(|response| {
@@ -508,7 +509,6 @@ impl CheckoutService for CheckoutApi {
             );
         v.finish()?;
         let key = Key::new(RETRY, &req)?;
-        let def = self.engine.definition();
         idempotent!(self.idempotency, key, |tx| {
             let now = now_millis();
             let saga = store::saga(tx, &req.checkout_id)
@@ -563,13 +563,8 @@ impl CheckoutService for CheckoutApi {
             )
             .await
             .map_err(db_status)?;
-            let saga = store::saga(tx, &req.checkout_id)
-                .await
-                .map_err(db_status)?
-                .ok_or_else(|| not_found(&req.checkout_id))?;
-            let _ = def;
             Ok(RetryCheckoutResponse {
-                checkout: Some(self.view_in(tx, &saga).await?),
+                checkout: Some(self.view_in(tx, &req.checkout_id).await?),
             })
         })
         .map(|response| {

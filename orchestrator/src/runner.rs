@@ -418,9 +418,9 @@ impl Engine {
     /// One sweep: starts every due saga this replica can take; returns how many.
     pub async fn sweep(&self) -> Result<usize, EngineError> {
         let room = i64::try_from(self.permits.available_permits().max(1)).unwrap_or(1);
-        let mut tx = self.db.begin_read().await?;
-        let due = store::due(&mut tx, &self.config.replica_id, now_millis(), room).await?;
-        tx.rollback().await?;
+        let mut conn = self.db.single_read().await?;
+        let due = store::due(&mut conn, &self.config.replica_id, now_millis(), room).await?;
+        conn.rollback().await?;
         for saga_id in &due {
             self.start(saga_id);
         }

@@ -231,6 +231,160 @@ pub async fn events_after(
     }))
 }
 
+/// A saga with everything its checkout view shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaView {
+    /// The saga.
+    pub saga: SagaRow,
+    /// Its steps in order.
+    pub steps: Vec<StepRow>,
+    /// Its attempts in order.
+    pub attempts: Vec<AttemptRow>,
+    /// Its timeline in order.
+    pub events: Vec<EventRow>,
+}
+
+/// The saga row with its steps, attempts and events as JSON arrays of rows, in the orders of
+/// [`steps`], [`attempts`] and [`events_after`].
+#[derive(sqlx::FromRow)]
+struct SagaViewRow {
+    #[sqlx(flatten)]
+    saga: SagaRow,
+    steps: String,
+    attempts: String,
+    events: String,
+}
+
+/// One statement for the whole view, so a read needs no transaction to be consistent (see
+/// `Db::single_read`). The backends name their JSON functions differently; booleans come as 0/1
+/// from both.
+fn view_sql(backend: Backend) -> String {
+    let (group, array, bool_int) = match backend {
+        Backend::Sqlite => ("json_group_array", "json_array", ""),
+        Backend::Postgres => ("json_agg", "json_build_array", "::int"),
+    };
+    let agg = |columns: &str, table: &str, order: &str| {
+        let list = format!("{group}({array}({columns}) ORDER BY {order})");
+        // Postgres aggregates no rows to NULL, SQLite to `[]`.
+        let list = match backend {
+            Backend::Sqlite => list,
+            Backend::Postgres => format!("COALESCE({list}, '[]')::text"),
+        };
+        format!("(SELECT {list} FROM {table} WHERE {table}.saga_id = sagas.saga_id)")
+    };
+    format!(
+        "SELECT {SAGA_COLUMNS}, {steps} AS steps, {attempts} AS attempts, {events} AS events \
+         FROM sagas WHERE saga_id = $1",
+        steps = agg(
+            &format!(
+                "step_index, name, status, forward_attempts, compensation_attempts, \
+                 forward_retry_base, compensation_retry_base, may_have_applied{bool_int}"
+            ),
+            "saga_steps",
+            "step_index",
+        ),
+        attempts = agg(
+            "step_index, direction, number, request_id, outcome, status_code, message, \
+             started_at, ended_at",
+            "saga_attempts",
+            "started_at, step_index, direction, number",
+        ),
+        events = agg(
+            "sequence, at, kind, step, message, status",
+            "saga_events",
+            "sequence",
+        ),
+    )
+}
+
+fn json_rows<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>, DbError> {
+    serde_json::from_str(json).map_err(|e| DbError::Query(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// A saga and everything its checkout view shows, in one statement.
+pub async fn saga_view(tx: &mut Tx, saga_id: &str) -> Result<Option<SagaView>, DbError> {
+    let sql = view_sql(tx.backend());
+    let row: Option<SagaViewRow> = on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(saga_id).fetch_optional(&mut *conn).await?
+    });
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    type Step = (i64, String, String, i64, i64, i64, i64, i64);
+    type Attempt = (
+        i64,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        Option<i64>,
+    );
+    type Event = (i64, i64, String, String, String, String);
+    let steps = json_rows::<Step>(&row.steps)?
+        .into_iter()
+        .map(
+            |(step_index, name, status, fa, ca, frb, crb, applied)| StepRow {
+                step_index,
+                name,
+                status,
+                forward_attempts: fa,
+                compensation_attempts: ca,
+                forward_retry_base: frb,
+                compensation_retry_base: crb,
+                may_have_applied: applied != 0,
+            },
+        )
+        .collect();
+    let attempts = json_rows::<Attempt>(&row.attempts)?
+        .into_iter()
+        .map(
+            |(
+                step_index,
+                direction,
+                number,
+                request_id,
+                outcome,
+                code,
+                message,
+                started,
+                ended,
+            )| {
+                AttemptRow {
+                    step_index,
+                    direction,
+                    number,
+                    request_id,
+                    outcome,
+                    status_code: code,
+                    message,
+                    started_at: started,
+                    ended_at: ended,
+                }
+            },
+        )
+        .collect();
+    let events = json_rows::<Event>(&row.events)?
+        .into_iter()
+        .map(|(sequence, at, kind, step, message, status)| EventRow {
+            sequence,
+            at,
+            kind,
+            step,
+            message,
+            status,
+        })
+        .collect();
+    Ok(Some(SagaView {
+        saga: row.saga,
+        steps,
+        attempts,
+        events,
+    }))
+}
+
 /// A timeline event to append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -833,7 +987,162 @@ pub async fn audit_attempt_counts(tx: &mut Tx) -> Result<Vec<(String, String, i6
 
 #[cfg(test)]
 mod tests {
+    use checkout_kit::db::{Db, PoolConfig};
+    use checkout_kit::testing::{TestDatabase, snapshot};
+
     use super::*;
+
+    const STEPS: [&str; 3] = ["lock_cart", "reserve_inventory", "authorize_payment"];
+
+    /// Two finished sagas; the first also gets attempts in both directions (one still in
+    /// flight), a step that may have applied and events whose text JSON must escape.
+    async fn sagas_with_every_kind_of_row(db: &Db) {
+        let mut tx = db.begin().await.unwrap();
+        preload_finished(&mut tx, 2, &STEPS, 1_000_000)
+            .await
+            .unwrap();
+        // Started in an order of their own, with a tie: the view must order as `attempts` does.
+        let attempt =
+            |step_index, direction: &str, number, started_at, ended_at: Option<i64>| AttemptRow {
+                step_index,
+                direction: direction.to_owned(),
+                number,
+                request_id: format!("req-{step_index}-{direction}-{number}"),
+                outcome: if ended_at.is_some() {
+                    "transient"
+                } else {
+                    "in_flight"
+                }
+                .to_owned(),
+                status_code: "UNAVAILABLE".to_owned(),
+                message: "a \"quoted\" back\\slash, it's\nnew line, ✓ ünïcode, \u{1}".to_owned(),
+                started_at,
+                ended_at,
+            };
+        let attempts = [
+            attempt(1, "forward", 1, 20, Some(i64::MAX)),
+            attempt(1, "forward", 2, 30, None),
+            attempt(0, "compensation", 1, 30, Some(-5)),
+            attempt(0, "forward", 1, 10, Some(12)),
+        ];
+        let rows: Vec<(&str, &AttemptRow)> = attempts.iter().map(|a| ("preloaded-1", a)).collect();
+        record_attempts(&mut tx, &rows).await.unwrap();
+        let step = StepRow {
+            step_index: 1,
+            name: STEPS[1].to_owned(),
+            status: "compensating".to_owned(),
+            forward_attempts: 2,
+            compensation_attempts: 0,
+            forward_retry_base: 1,
+            compensation_retry_base: 0,
+            may_have_applied: false,
+        };
+        save_steps(&mut tx, &[("preloaded-1", &step)])
+            .await
+            .unwrap();
+        let event = NewEvent {
+            kind: "step_failed",
+            step: STEPS[1].to_owned(),
+            message: "{\"not\": \"json\"} ]['".to_owned(),
+            status: "compensating".to_owned(),
+        };
+        append_events(&mut tx, &[("preloaded-1", &event)], 7)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_view_statement_reads_what_the_separate_reads_do() {
+        let database = TestDatabase::new("saga_view");
+        let db = database.migrated(&crate::MIGRATIONS).await.unwrap();
+        sagas_with_every_kind_of_row(&db).await;
+        for saga_id in ["preloaded-1", "preloaded-2"] {
+            let mut tx = db.begin_read().await.unwrap();
+            let separate = SagaView {
+                saga: saga(&mut tx, saga_id).await.unwrap().unwrap(),
+                steps: steps(&mut tx, saga_id).await.unwrap(),
+                attempts: attempts(&mut tx, saga_id).await.unwrap(),
+                events: events_after(&mut tx, saga_id, 0).await.unwrap(),
+            };
+            tx.rollback().await.unwrap();
+            let mut single = db.single_read().await.unwrap();
+            let view = saga_view(&mut single, saga_id).await.unwrap().unwrap();
+            single.rollback().await.unwrap();
+            assert_eq!(view, separate, "{saga_id}");
+            let (attempts, events) = if saga_id == "preloaded-1" {
+                (4, 3)
+            } else {
+                (0, 2)
+            };
+            assert_eq!(
+                (view.steps.len(), view.attempts.len(), view.events.len()),
+                (3, attempts, events)
+            );
+        }
+        let mut single = db.single_read().await.unwrap();
+        assert_eq!(saga_view(&mut single, "no-such-saga").await.unwrap(), None);
+        single.rollback().await.unwrap();
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_stores_steps_attempts_and_events_by_key_and_the_change_loses_no_row() {
+        let dir = tempfile::tempdir().unwrap();
+        // The schema as it was before the change: the first three migrations, from the tree.
+        let before = dir.path().join("migrations");
+        std::fs::create_dir(&before).unwrap();
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../migrations/sqlite/orchestrator");
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.as_str() < "0004" {
+                std::fs::copy(&path, before.join(&name)).unwrap();
+            }
+        }
+        let url = format!("sqlite://{}/orchestrator.db", dir.path().display());
+        let db = Db::connect(&url, &PoolConfig::default()).await.unwrap();
+        let Db::Sqlite(pool, _) = &db else {
+            unreachable!("an sqlite URL")
+        };
+        let old = sqlx::migrate::Migrator::new(before.as_path())
+            .await
+            .unwrap();
+        assert_eq!(old.iter().count(), 3);
+        old.run(pool).await.unwrap();
+        sagas_with_every_kind_of_row(&db).await;
+        let stored = snapshot(&db).await.unwrap();
+
+        db.migrate(&crate::MIGRATIONS).await.unwrap();
+        assert_eq!(snapshot(&db).await.unwrap(), stored, "every row kept");
+        let by_key: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, wr FROM pragma_table_list \
+             WHERE name IN ('saga_steps', 'saga_attempts', 'saga_events') ORDER BY name",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            by_key,
+            [("saga_attempts", 1), ("saga_events", 1), ("saga_steps", 1)]
+                .map(|(t, wr)| (t.to_owned(), wr))
+        );
+        // The tables still take writes and keep their foreign keys.
+        let event = NewEvent {
+            kind: "step_started",
+            step: STEPS[0].to_owned(),
+            message: String::new(),
+            status: "running".to_owned(),
+        };
+        for (saga_id, accepted) in [("preloaded-2", true), ("no-such-saga", false)] {
+            let mut tx = db.begin().await.unwrap();
+            let result = append_events(&mut tx, &[(saga_id, &event)], 8).await;
+            assert_eq!(result.is_ok(), accepted, "{saga_id}: {result:?}");
+            tx.commit().await.unwrap();
+        }
+        db.close().await;
+    }
 
     #[test]
     fn runs_cover_every_row_in_order_in_power_of_two_sizes() {

@@ -10,10 +10,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
-use sqlx::{Postgres, Sqlite, SqliteConnection, Transaction};
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 
 mod sqlite_writer;
 
@@ -286,7 +287,7 @@ impl Db {
                 let options = pool.connect_options();
                 Tx::Sqlite(SqliteTx::Write(gate.begin(options).await?))
             }
-            Self::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Self::Postgres(pool) => Tx::Postgres(PgTx::Transaction(pool.begin().await?)),
         })
     }
 
@@ -294,10 +295,21 @@ impl Db {
     pub async fn begin_read(&self) -> Result<Tx, DbError> {
         Ok(match self {
             Self::Sqlite(pool, _) => Tx::Sqlite(SqliteTx::Read(pool.begin().await?)),
-            Self::Postgres(pool) => Tx::Postgres(
+            Self::Postgres(pool) => Tx::Postgres(PgTx::Transaction(
                 pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await?,
-            ),
+            )),
+        })
+    }
+
+    /// A pooled connection outside any transaction, for a read that is one statement. A
+    /// statement is its own consistent snapshot on both backends, so it needs no `BEGIN` and
+    /// no `ROLLBACK` (two round trips on Postgres, two hand-offs to the connection's thread on
+    /// SQLite). Statements run one after another on it do not share a snapshot.
+    pub async fn single_read(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Self::Sqlite(pool, _) => Tx::Sqlite(SqliteTx::Single(pool.acquire().await?)),
+            Self::Postgres(pool) => Tx::Postgres(PgTx::Single(pool.acquire().await?)),
         })
     }
 
@@ -351,7 +363,37 @@ pub enum Tx {
     /// SQLite transaction.
     Sqlite(SqliteTx),
     /// PostgreSQL transaction.
-    Postgres(Transaction<'static, Postgres>),
+    Postgres(PgTx),
+}
+
+/// A Postgres transaction, or a connection for one statement; either way it derefs to the
+/// connection to run statements on.
+#[derive(Debug)]
+pub enum PgTx {
+    /// `BEGIN` on a pooled connection.
+    Transaction(Transaction<'static, Postgres>),
+    /// No transaction: one read statement ([`Db::single_read`]).
+    Single(PoolConnection<Postgres>),
+}
+
+impl std::ops::Deref for PgTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Self::Transaction(tx) => tx,
+            Self::Single(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for PgTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Self::Transaction(tx) => tx,
+            Self::Single(conn) => conn,
+        }
+    }
 }
 
 /// An SQLite transaction: a read on a pooled connection, or a write on the writer connection
@@ -362,6 +404,8 @@ pub enum SqliteTx {
     Read(Transaction<'static, Sqlite>),
     /// `BEGIN IMMEDIATE` on the writer connection.
     Write(WriteTx),
+    /// No transaction: one read statement on a pooled connection ([`Db::single_read`]).
+    Single(PoolConnection<Sqlite>),
 }
 
 impl std::ops::Deref for SqliteTx {
@@ -371,6 +415,7 @@ impl std::ops::Deref for SqliteTx {
         match self {
             Self::Read(tx) => tx,
             Self::Write(tx) => tx.conn_ref(),
+            Self::Single(conn) => conn,
         }
     }
 }
@@ -380,6 +425,7 @@ impl std::ops::DerefMut for SqliteTx {
         match self {
             Self::Read(tx) => tx,
             Self::Write(tx) => tx.conn(),
+            Self::Single(conn) => conn,
         }
     }
 }
@@ -392,10 +438,12 @@ impl Tx {
             Self::Sqlite(SqliteTx::Read(tx)) => tx.commit().await?,
             // Counted by the write gate, where one COMMIT may be shared by several writers.
             Self::Sqlite(SqliteTx::Write(tx)) => tx.commit().await?,
-            Self::Postgres(tx) => {
+            Self::Postgres(PgTx::Transaction(tx)) => {
                 tx.commit().await?;
                 count_commit();
             }
+            // Nothing was begun; the connection goes back to the pool.
+            Self::Sqlite(SqliteTx::Single(_)) | Self::Postgres(PgTx::Single(_)) => {}
         }
         Ok(())
     }
@@ -405,7 +453,8 @@ impl Tx {
         match self {
             Self::Sqlite(SqliteTx::Read(tx)) => tx.rollback().await?,
             Self::Sqlite(SqliteTx::Write(tx)) => tx.rollback().await?,
-            Self::Postgres(tx) => tx.rollback().await?,
+            Self::Postgres(PgTx::Transaction(tx)) => tx.rollback().await?,
+            Self::Sqlite(SqliteTx::Single(_)) | Self::Postgres(PgTx::Single(_)) => {}
         }
         Ok(())
     }
@@ -679,6 +728,38 @@ mod tests {
         let mut read = db.begin_read().await.unwrap();
         assert_eq!(count(&mut read).await, 1);
         read.rollback().await.unwrap();
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_single_read_sees_each_statement_afresh_where_a_read_transaction_keeps_its_snapshot()
+    {
+        let database = crate::testing::TestDatabase::new("single_read");
+        let db = Db::connect(database.url(), &PoolConfig::default())
+            .await
+            .unwrap();
+        write(&db, "CREATE TABLE t (x INTEGER PRIMARY KEY)").await;
+        let mut snapshot = db.begin_read().await.unwrap();
+        let mut single = db.single_read().await.unwrap();
+        assert_eq!(count(&mut snapshot).await, 0);
+        assert_eq!(count(&mut single).await, 0);
+        write(&db, "INSERT INTO t (x) VALUES (1)").await;
+        assert_eq!(
+            count(&mut snapshot).await,
+            0,
+            "a read transaction keeps its snapshot"
+        );
+        assert_eq!(
+            count(&mut single).await,
+            1,
+            "nothing holds a single read's snapshot"
+        );
+        snapshot.rollback().await.unwrap();
+        // Ending a single read gives the connection back; there is nothing to commit.
+        single.commit().await.unwrap();
+        let mut single = db.single_read().await.unwrap();
+        assert_eq!(count(&mut single).await, 1);
+        single.rollback().await.unwrap();
         db.close().await;
     }
 
