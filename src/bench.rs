@@ -123,6 +123,9 @@ pub struct BenchReport {
     pub commits_per_checkout: f64,
     /// Where the commit count comes from.
     pub commits_source: String,
+    /// Postgres only: every transaction the servers' databases counted as committed
+    /// (`pg_stat_database.xact_commit`), read-only single statements included, per checkout.
+    pub postgres_xact_commits_per_checkout: Option<f64>,
     /// CPU time of this process per checkout, in milliseconds (in-process runs: all five
     /// servers and the client).
     pub cpu_ms_per_checkout: f64,
@@ -518,7 +521,11 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
     // Postgres publishes its counters about once a second.
     let settle = Duration::from_millis(1200);
     tokio::time::sleep(settle).await;
-    let commits_before = (server_commits(&subject.dbs).await?, db::commits_so_far());
+    let commits_before = (
+        server_commits(&subject.dbs).await?,
+        db::commits_so_far(),
+        db::postgres_single_reads_so_far(),
+    );
     let cpu_before = (cpu_time(), machine_cpu_time());
     let started = Instant::now();
     let driven = drive(&subject.checkout, measured, plan.concurrency, plan.progress).await?;
@@ -526,12 +533,28 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
     let cpu = cpu_time().saturating_sub(cpu_before.0);
     let machine_cpu = machine_cpu_time().saturating_sub(cpu_before.1);
     tokio::time::sleep(settle).await;
-    let commits_after = (server_commits(&subject.dbs).await?, db::commits_so_far());
+    let commits_after = (
+        server_commits(&subject.dbs).await?,
+        db::commits_so_far(),
+        db::postgres_single_reads_so_far(),
+    );
 
-    let (commits, source) = match (commits_before.0, commits_after.0) {
-        (Some(before), Some(after)) => (
-            u64::try_from(after - before).unwrap_or(0),
-            "pg_stat_database.xact_commit",
+    let xact_commits = match (commits_before.0, commits_after.0) {
+        (Some(before), Some(after)) => Some(u64::try_from(after - before).unwrap_or(0)),
+        _ => None,
+    };
+    let (commits, source) = match xact_commits {
+        // The servers run in this process, so the reads among the server's counted
+        // transactions are known.
+        Some(xact) if subject.started.is_some() => (
+            xact.saturating_sub(commits_after.2 - commits_before.2),
+            "pg_stat_database.xact_commit, less the single-statement reads the servers made \
+             (Postgres counts each as a transaction; they write nothing)",
+        ),
+        Some(xact) => (
+            xact,
+            "pg_stat_database.xact_commit (single-statement reads included: Postgres counts \
+             each as a transaction)",
         ),
         _ if subject.started.is_some() => (
             commits_after.1 - commits_before.1,
@@ -583,6 +606,7 @@ pub async fn run(plan: &BenchPlan) -> Result<BenchReport, BenchError> {
         outcomes: driven.outcomes,
         commits_per_checkout: commits as f64 / n,
         commits_source: source.to_owned(),
+        postgres_xact_commits_per_checkout: xact_commits.map(|x| x as f64 / n),
         cpu_ms_per_checkout: cpu.as_secs_f64() * 1000.0 / n,
         machine_cpu_ms_per_checkout: machine_cpu.as_secs_f64() * 1000.0 / n,
         elapsed_s: elapsed.as_secs_f64(),
@@ -620,6 +644,9 @@ impl BenchReport {
             "durable commits per checkout: {:.1} ({})",
             self.commits_per_checkout, self.commits_source
         );
+        if let Some(xact) = self.postgres_xact_commits_per_checkout {
+            let _ = writeln!(out, "pg_stat_database.xact_commit per checkout: {xact:.1}");
+        }
         let _ = writeln!(
             out,
             "CPU per checkout: {:.2} ms this process, {:.2} ms the whole machine (every process)",

@@ -450,6 +450,44 @@ fn bench_reports_throughput_latency_commits_and_outcomes() {
     assert!(report["step_mean_ms"]["capture_payment"].as_f64().is_some());
 }
 
+/// On Postgres, `bench` counts durable commits from the servers' `xact_commit`, less the
+/// single-statement reads, which Postgres counts as transactions though they write nothing.
+#[test]
+fn bench_on_postgres_leaves_single_statement_reads_out_of_the_durable_commits() {
+    if testing::backend() != checkout_kit::db::Backend::Postgres {
+        return;
+    }
+    let server = testing::postgres_server_url();
+    let (ok, stdout, stderr) = run(checkout().args([
+        "bench",
+        "--postgres-url",
+        &server,
+        "--checkouts",
+        "10",
+        "--warmup",
+        "2",
+        "--concurrency",
+        "2",
+        "--json",
+    ]));
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcomes"]["COMPLETED"], 10, "{report}");
+    let durable = report["commits_per_checkout"].as_f64().unwrap();
+    let counted = report["postgres_xact_commits_per_checkout"]
+        .as_f64()
+        .unwrap();
+    // Every checkout's answer is read in one statement of its own.
+    assert!(durable > 0.0 && counted - durable >= 1.0, "{report}");
+    assert!(
+        report["commits_source"]
+            .as_str()
+            .unwrap()
+            .contains("less the single-statement reads"),
+        "{report}"
+    );
+}
+
 /// `bench` drives a running deployment given by its addresses and keys: stock comes through
 /// SetStock, per-step latency from the checkouts' own attempts.
 #[tokio::test]

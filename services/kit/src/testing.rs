@@ -22,7 +22,8 @@ pub fn backend() -> Backend {
     }
 }
 
-fn postgres_server_url() -> String {
+/// The Postgres server tests create their databases on.
+pub fn postgres_server_url() -> String {
     std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
 }
 

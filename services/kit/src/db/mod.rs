@@ -309,7 +309,11 @@ impl Db {
     pub async fn single_read(&self) -> Result<Tx, DbError> {
         Ok(match self {
             Self::Sqlite(pool, _) => Tx::Sqlite(SqliteTx::Single(pool.acquire().await?)),
-            Self::Postgres(pool) => Tx::Postgres(PgTx::Single(pool.acquire().await?)),
+            Self::Postgres(pool) => {
+                let conn = pool.acquire().await?;
+                POSTGRES_SINGLE_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Tx::Postgres(PgTx::Single(conn))
+            }
         })
     }
 
@@ -513,6 +517,15 @@ pub fn commits_so_far() -> u64 {
 }
 
 /// Counts one durable commit.
+static POSTGRES_SINGLE_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Single-statement reads ([`Db::single_read`]) this process made on Postgres, which counts each
+/// as a committed transaction in `pg_stat_database.xact_commit` although it writes nothing (a
+/// statement with no transaction id of its own has no commit record to flush).
+pub fn postgres_single_reads_so_far() -> u64 {
+    POSTGRES_SINGLE_READS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn count_commit() {
     WRITE_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
