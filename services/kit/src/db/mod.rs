@@ -361,7 +361,8 @@ impl Db {
     }
 }
 
-/// An open transaction on one of the two backends.
+/// An open transaction on one of the two backends, or a connection for one read statement
+/// ([`Db::single_read`]).
 #[derive(Debug)]
 pub enum Tx {
     /// SQLite transaction.
