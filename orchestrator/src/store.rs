@@ -1,6 +1,8 @@
 //! Every SQL statement of the orchestrator: sagas, their steps, attempts and timeline. Writes by
 //! the replica driving a saga are fenced by its lease and the saga's version.
 
+use std::sync::LazyLock;
+
 use checkout_kit::db::{Backend, DbError, Tx, values_list};
 use checkout_kit::on_backend;
 
@@ -256,9 +258,18 @@ struct SagaViewRow {
 }
 
 /// One statement for the whole view, so a read needs no transaction to be consistent (see
-/// `Db::single_read`). The backends name their JSON functions differently; booleans come as 0/1
-/// from both.
-fn view_sql(backend: Backend) -> String {
+/// `Db::single_read`). Built once per backend: it is read on every checkout's answer.
+fn view_sql(backend: Backend) -> &'static str {
+    static SQLITE: LazyLock<String> = LazyLock::new(|| build_view_sql(Backend::Sqlite));
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| build_view_sql(Backend::Postgres));
+    match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    }
+}
+
+/// The backends name their JSON functions differently; booleans come as 0/1 from both.
+fn build_view_sql(backend: Backend) -> String {
     let (group, array, bool_int) = match backend {
         Backend::Sqlite => ("json_group_array", "json_array", ""),
         Backend::Postgres => ("json_agg", "json_build_array", "::int"),
@@ -305,7 +316,7 @@ fn json_rows<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>, DbErr
 pub async fn saga_view(tx: &mut Tx, saga_id: &str) -> Result<Option<SagaView>, DbError> {
     let sql = view_sql(tx.backend());
     let row: Option<SagaViewRow> = on_backend!(tx, conn => {
-        sqlx::query_as(&sql).bind(saga_id).fetch_optional(&mut *conn).await?
+        sqlx::query_as(sql).bind(saga_id).fetch_optional(&mut *conn).await?
     });
     let Some(row) = row else {
         return Ok(None);
