@@ -56,7 +56,7 @@ pub struct SagaRow {
 }
 
 /// A step row.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct StepRow {
     /// Position.
     pub step_index: i64,
@@ -77,7 +77,7 @@ pub struct StepRow {
 }
 
 /// An attempt row.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct AttemptRow {
     /// Step position.
     pub step_index: i64,
@@ -100,7 +100,7 @@ pub struct AttemptRow {
 }
 
 /// A timeline event.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
 pub struct EventRow {
     /// Position from 1.
     pub sequence: i64,
@@ -115,6 +115,17 @@ pub struct EventRow {
     /// The saga's status after the event.
     pub status: String,
 }
+
+/// Columns of [`StepRow`], [`AttemptRow`] and [`EventRow`] in field order (the checkout view
+/// reads each row as a JSON array of them), and the order each list is read in.
+const STEP_COLUMNS: &str = "step_index, name, status, forward_attempts, compensation_attempts, \
+     forward_retry_base, compensation_retry_base, may_have_applied";
+const STEP_ORDER: &str = "step_index";
+const ATTEMPT_COLUMNS: &str = "step_index, direction, number, request_id, outcome, status_code, \
+     message, started_at, ended_at";
+const ATTEMPT_ORDER: &str = "started_at, step_index, direction, number";
+const EVENT_COLUMNS: &str = "sequence, at, kind, step, message, status";
+const EVENT_ORDER: &str = "sequence";
 
 const SAGA_COLUMNS: &str = "saga_id, saga_type, cart_id, customer_id, status, direction, \
      step_index, input, outputs, failure_reason, failure_message, failure_step, \
@@ -189,12 +200,10 @@ pub async fn saga(tx: &mut Tx, saga_id: &str) -> Result<Option<SagaRow>, DbError
 
 /// A saga's steps in order.
 pub async fn steps(tx: &mut Tx, saga_id: &str) -> Result<Vec<StepRow>, DbError> {
+    let sql =
+        format!("SELECT {STEP_COLUMNS} FROM saga_steps WHERE saga_id = $1 ORDER BY {STEP_ORDER}");
     Ok(on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT step_index, name, status, forward_attempts, compensation_attempts, \
-               forward_retry_base, compensation_retry_base, may_have_applied \
-             FROM saga_steps WHERE saga_id = $1 ORDER BY step_index",
-        )
+        sqlx::query_as(&sql)
         .bind(saga_id)
         .fetch_all(&mut *conn)
         .await?
@@ -203,12 +212,11 @@ pub async fn steps(tx: &mut Tx, saga_id: &str) -> Result<Vec<StepRow>, DbError> 
 
 /// A saga's attempts in order.
 pub async fn attempts(tx: &mut Tx, saga_id: &str) -> Result<Vec<AttemptRow>, DbError> {
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM saga_attempts WHERE saga_id = $1 ORDER BY {ATTEMPT_ORDER}"
+    );
     Ok(on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT step_index, direction, number, request_id, outcome, status_code, message, \
-               started_at, ended_at FROM saga_attempts WHERE saga_id = $1 \
-             ORDER BY started_at, step_index, direction, number",
-        )
+        sqlx::query_as(&sql)
         .bind(saga_id)
         .fetch_all(&mut *conn)
         .await?
@@ -221,11 +229,12 @@ pub async fn events_after(
     saga_id: &str,
     after: i64,
 ) -> Result<Vec<EventRow>, DbError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM saga_events WHERE saga_id = $1 AND sequence > $2 \
+         ORDER BY {EVENT_ORDER}"
+    );
     Ok(on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT sequence, at, kind, step, message, status FROM saga_events \
-             WHERE saga_id = $1 AND sequence > $2 ORDER BY sequence",
-        )
+        sqlx::query_as(&sql)
         .bind(saga_id)
         .bind(after)
         .fetch_all(&mut *conn)
@@ -268,11 +277,13 @@ fn view_sql(backend: Backend) -> &'static str {
     }
 }
 
-/// The backends name their JSON functions differently; booleans come as 0/1 from both.
+/// The backends name their JSON functions differently. Each row is a JSON array of its
+/// columns, which serde reads into the row's fields in order; SQLite stores booleans as 0/1, so
+/// there they are turned into JSON's own.
 fn build_view_sql(backend: Backend) -> String {
-    let (group, array, bool_int) = match backend {
-        Backend::Sqlite => ("json_group_array", "json_array", ""),
-        Backend::Postgres => ("json_agg", "json_build_array", "::int"),
+    let (group, array) = match backend {
+        Backend::Sqlite => ("json_group_array", "json_array"),
+        Backend::Postgres => ("json_agg", "json_build_array"),
     };
     let agg = |columns: &str, table: &str, order: &str| {
         let list = format!("{group}({array}({columns}) ORDER BY {order})");
@@ -283,28 +294,19 @@ fn build_view_sql(backend: Backend) -> String {
         };
         format!("(SELECT {list} FROM {table} WHERE {table}.saga_id = sagas.saga_id)")
     };
+    let step_columns = match backend {
+        Backend::Sqlite => STEP_COLUMNS.replace(
+            "may_have_applied",
+            "json(CASE WHEN may_have_applied THEN 'true' ELSE 'false' END)",
+        ),
+        Backend::Postgres => STEP_COLUMNS.to_owned(),
+    };
     format!(
         "SELECT {SAGA_COLUMNS}, {steps} AS steps, {attempts} AS attempts, {events} AS events \
          FROM sagas WHERE saga_id = $1",
-        steps = agg(
-            &format!(
-                "step_index, name, status, forward_attempts, compensation_attempts, \
-                 forward_retry_base, compensation_retry_base, may_have_applied{bool_int}"
-            ),
-            "saga_steps",
-            "step_index",
-        ),
-        attempts = agg(
-            "step_index, direction, number, request_id, outcome, status_code, message, \
-             started_at, ended_at",
-            "saga_attempts",
-            "started_at, step_index, direction, number",
-        ),
-        events = agg(
-            "sequence, at, kind, step, message, status",
-            "saga_events",
-            "sequence",
-        ),
+        steps = agg(&step_columns, "saga_steps", STEP_ORDER),
+        attempts = agg(ATTEMPT_COLUMNS, "saga_attempts", ATTEMPT_ORDER),
+        events = agg(EVENT_COLUMNS, "saga_events", EVENT_ORDER),
     )
 }
 
@@ -318,82 +320,15 @@ pub async fn saga_view(tx: &mut Tx, saga_id: &str) -> Result<Option<SagaView>, D
     let row: Option<SagaViewRow> = on_backend!(tx, conn => {
         sqlx::query_as(sql).bind(saga_id).fetch_optional(&mut *conn).await?
     });
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    type Step = (i64, String, String, i64, i64, i64, i64, i64);
-    type Attempt = (
-        i64,
-        String,
-        i64,
-        String,
-        String,
-        String,
-        String,
-        i64,
-        Option<i64>,
-    );
-    type Event = (i64, i64, String, String, String, String);
-    let steps = json_rows::<Step>(&row.steps)?
-        .into_iter()
-        .map(
-            |(step_index, name, status, fa, ca, frb, crb, applied)| StepRow {
-                step_index,
-                name,
-                status,
-                forward_attempts: fa,
-                compensation_attempts: ca,
-                forward_retry_base: frb,
-                compensation_retry_base: crb,
-                may_have_applied: applied != 0,
-            },
-        )
-        .collect();
-    let attempts = json_rows::<Attempt>(&row.attempts)?
-        .into_iter()
-        .map(
-            |(
-                step_index,
-                direction,
-                number,
-                request_id,
-                outcome,
-                code,
-                message,
-                started,
-                ended,
-            )| {
-                AttemptRow {
-                    step_index,
-                    direction,
-                    number,
-                    request_id,
-                    outcome,
-                    status_code: code,
-                    message,
-                    started_at: started,
-                    ended_at: ended,
-                }
-            },
-        )
-        .collect();
-    let events = json_rows::<Event>(&row.events)?
-        .into_iter()
-        .map(|(sequence, at, kind, step, message, status)| EventRow {
-            sequence,
-            at,
-            kind,
-            step,
-            message,
-            status,
+    row.map(|row| {
+        Ok(SagaView {
+            steps: json_rows(&row.steps)?,
+            attempts: json_rows(&row.attempts)?,
+            events: json_rows(&row.events)?,
+            saga: row.saga,
         })
-        .collect();
-    Ok(Some(SagaView {
-        saga: row.saga,
-        steps,
-        attempts,
-        events,
-    }))
+    })
+    .transpose()
 }
 
 /// A timeline event to append.
