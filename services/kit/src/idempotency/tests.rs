@@ -280,8 +280,11 @@ async fn a_repeat_answers_what_was_stored_whatever_its_handler_does_now() {
 
 #[tokio::test]
 async fn an_expired_key_not_yet_collected_is_taken_for_a_new_request() {
+    // Long enough that the new request's repeat below comes well within it even on a loaded
+    // machine (at 100 ms a CI run once saw the repeat's key expire too, and run a third time).
+    let retention = Duration::from_secs(1);
     let config = IdempotencyConfig {
-        retention: Duration::from_millis(100),
+        retention,
         ..IdempotencyConfig::default()
     };
     let (_database, db, layer) = setup(config).await;
@@ -290,7 +293,7 @@ async fn an_expired_key_not_yet_collected_is_taken_for_a_new_request() {
         add_item(&layer, &request(&request_id, 1)).await.unwrap(),
         answer(1)
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(retention + Duration::from_millis(200)).await;
     // Still stored, but forgotten: a different request under the same id runs and is stored.
     assert_eq!(keys(&db).await, 1);
     assert_eq!(
