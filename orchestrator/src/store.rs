@@ -1055,7 +1055,7 @@ mod tests {
         }
         let url = format!("sqlite://{}/orchestrator.db", dir.path().display());
         let db = Db::connect(&url, &PoolConfig::default()).await.unwrap();
-        let Db::Sqlite(pool, _) = &db else {
+        let Db::Sqlite(pool, ..) = &db else {
             unreachable!("an sqlite URL")
         };
         let old = sqlx::migrate::Migrator::new(before.as_path())

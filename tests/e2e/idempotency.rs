@@ -11,8 +11,8 @@ use crate::helpers::{spawn_system_with, test_settings};
 async fn count_keys(db: &Db) -> i64 {
     let sql = "SELECT count(*) FROM idempotency_keys";
     match db {
-        Db::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Db::Sqlite(pool, ..) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Db::Postgres(pool, _) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
     }
 }
 
@@ -23,7 +23,7 @@ async fn insert_expired_key(db: &Db, request_id: &str) {
                VALUES ('/test/Rpc', $1, $2, 'done', 0, $2, 'started', 't', 0, 0, 0, 1)";
     let fingerprint = vec![0_u8; 32];
     match db {
-        Db::Sqlite(pool, _) => {
+        Db::Sqlite(pool, ..) => {
             sqlx::query(sql)
                 .bind(request_id)
                 .bind(&fingerprint)
@@ -31,7 +31,7 @@ async fn insert_expired_key(db: &Db, request_id: &str) {
                 .await
                 .unwrap();
         }
-        Db::Postgres(pool) => {
+        Db::Postgres(pool, _) => {
             sqlx::query(sql)
                 .bind(request_id)
                 .bind(&fingerprint)

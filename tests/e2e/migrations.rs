@@ -8,8 +8,8 @@ use checkout_kit::testing::TestDatabase;
 async fn applied(db: &Db) -> Vec<i64> {
     let sql = "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
     match db {
-        Db::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
-        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        Db::Sqlite(pool, ..) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+        Db::Postgres(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
     }
 }
 

@@ -107,12 +107,12 @@ async fn processor_counts(sys: &TestSystem) -> (i64, i64) {
         let db = db.clone();
         async move {
             match &db {
-                Db::Sqlite(pool, _) => sqlx::query_scalar::<_, i64>(sql)
+                Db::Sqlite(pool, ..) => sqlx::query_scalar::<_, i64>(sql)
                     .bind(op)
                     .fetch_one(pool)
                     .await
                     .unwrap(),
-                Db::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql)
+                Db::Postgres(pool, _) => sqlx::query_scalar::<_, i64>(sql)
                     .bind(op)
                     .fetch_one(pool)
                     .await

@@ -10,14 +10,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::pool::PoolConnection;
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
+use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection};
 
+mod lease;
 mod sqlite_writer;
 
+pub use lease::{Lease, Leases};
 pub use sqlite_writer::{WriteGate, WriteTx};
 
 /// Which database engine a URL names.
@@ -179,22 +180,24 @@ pub struct Migrations {
 fn pool_options<DB: sqlx::Database>(config: &PoolConfig) -> PoolOptions<DB> {
     PoolOptions::new()
         .max_connections(config.max_connections)
-        // No ping round trip per checkout: sqlx pings every connection when it is released
-        // anyway, which is where one a cancelled statement left inconsistent is caught and
-        // closed. An SQLite connection does not go stale; a Postgres one the server dropped
-        // while idle fails its first statement with an I/O error, which callers retry as
-        // transient.
+        // No ping round trip per checkout either: a connection is handed out by [`Leases`]
+        // only after a statement of its last holder was answered on it, and one left
+        // unfinished is closed (see `lease`). An SQLite connection does not go stale; a
+        // Postgres one the server dropped while idle fails its first statement with an I/O
+        // error, which callers retry as transient.
         .test_before_acquire(false)
         .acquire_timeout(config.acquire_timeout)
 }
 
-/// A connection pool on one of the two backends.
+/// A connection pool on one of the two backends, with its connections kept between
+/// transactions ([`Leases`]).
 #[derive(Debug, Clone)]
 pub enum Db {
-    /// SQLite pool (WAL, busy timeout, foreign keys on) and the gate its writers queue at.
-    Sqlite(SqlitePool, WriteGate),
-    /// PostgreSQL pool.
-    Postgres(PgPool),
+    /// SQLite pool of readers (WAL, busy timeout, foreign keys on), the gate its writers queue
+    /// at, and its readers between reads.
+    Sqlite(SqlitePool, WriteGate, Leases<Sqlite>),
+    /// PostgreSQL pool, and its connections between transactions.
+    Postgres(PgPool, Leases<Postgres>),
 }
 
 impl Db {
@@ -234,7 +237,8 @@ impl Db {
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
-                Ok(Self::Sqlite(pool, WriteGate::default()))
+                let leases = Leases::new(config.max_connections, config.acquire_timeout);
+                Ok(Self::Sqlite(pool, WriteGate::default(), leases))
             }
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url).map_err(connect_err)?;
@@ -250,7 +254,8 @@ impl Db {
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
-                Ok(Self::Postgres(pool))
+                let leases = Leases::new(config.max_connections, config.acquire_timeout);
+                Ok(Self::Postgres(pool, leases))
             }
         }
     }
@@ -259,15 +264,15 @@ impl Db {
     pub fn backend(&self) -> Backend {
         match self {
             Self::Sqlite(..) => Backend::Sqlite,
-            Self::Postgres(_) => Backend::Postgres,
+            Self::Postgres(..) => Backend::Postgres,
         }
     }
 
     /// Applies the pending migrations for this backend; already applied ones are skipped.
     pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
         let result = match self {
-            Self::Sqlite(pool, _) => migrations.sqlite.run(pool).await,
-            Self::Postgres(pool) => migrations.postgres.run(pool).await,
+            Self::Sqlite(pool, ..) => migrations.sqlite.run(pool).await,
+            Self::Postgres(pool, _) => migrations.postgres.run(pool).await,
         };
         result.map_err(|source| DbError::Migrate {
             url: self.describe(),
@@ -282,23 +287,36 @@ impl Db {
         Ok(match self {
             // The writer connection is not the pool's: a closed database refuses writes here,
             // as the pool refuses reads.
-            Self::Sqlite(pool, _) if pool.is_closed() => return Err(sqlx::Error::PoolClosed.into()),
-            Self::Sqlite(pool, gate) => {
+            Self::Sqlite(pool, ..) if pool.is_closed() => {
+                return Err(sqlx::Error::PoolClosed.into());
+            }
+            Self::Sqlite(pool, gate, _) => {
                 let options = pool.connect_options();
                 Tx::Sqlite(SqliteTx::Write(gate.begin(options).await?))
             }
-            Self::Postgres(pool) => Tx::Postgres(PgTx::Transaction(pool.begin().await?)),
+            Self::Postgres(pool, leases) => {
+                let mut lease = leases.take(pool).await?;
+                lease.run("BEGIN").await?;
+                Tx::Postgres(PgTx::Transaction(lease))
+            }
         })
     }
 
     /// Starts a read-only transaction (a consistent snapshot; on SQLite a deferred `BEGIN`).
     pub async fn begin_read(&self) -> Result<Tx, DbError> {
         Ok(match self {
-            Self::Sqlite(pool, _) => Tx::Sqlite(SqliteTx::Read(pool.begin().await?)),
-            Self::Postgres(pool) => Tx::Postgres(PgTx::Transaction(
-                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?,
-            )),
+            Self::Sqlite(pool, _, leases) => {
+                let mut lease = leases.take(pool).await?;
+                lease.run("BEGIN").await?;
+                Tx::Sqlite(SqliteTx::Read(lease))
+            }
+            Self::Postgres(pool, leases) => {
+                let mut lease = leases.take(pool).await?;
+                lease
+                    .run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?;
+                Tx::Postgres(PgTx::Transaction(lease))
+            }
         })
     }
 
@@ -308,9 +326,9 @@ impl Db {
     /// SQLite). Statements run one after another on it do not share a snapshot.
     pub async fn single_read(&self) -> Result<Tx, DbError> {
         Ok(match self {
-            Self::Sqlite(pool, _) => Tx::Sqlite(SqliteTx::Single(pool.acquire().await?)),
-            Self::Postgres(pool) => {
-                let conn = pool.acquire().await?;
+            Self::Sqlite(pool, _, leases) => Tx::Sqlite(SqliteTx::Single(leases.take(pool).await?)),
+            Self::Postgres(pool, leases) => {
+                let conn = leases.take(pool).await?;
                 POSTGRES_SINGLE_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Tx::Postgres(PgTx::Single(conn))
             }
@@ -320,35 +338,39 @@ impl Db {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool, gate) => {
+            Self::Sqlite(pool, gate, leases) => {
                 gate.close().await;
+                leases.close();
                 pool.close().await;
             }
-            Self::Postgres(pool) => pool.close().await,
+            Self::Postgres(pool, leases) => {
+                leases.close();
+                pool.close().await;
+            }
         }
     }
 
     /// The file of an SQLite database (`None` on Postgres and for in-memory databases).
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
         match self {
-            Self::Sqlite(pool, _) => {
+            Self::Sqlite(pool, ..) => {
                 let options = pool.connect_options();
                 let file = options.get_filename();
                 let in_memory = file.as_os_str().is_empty() || file.as_os_str() == ":memory:";
                 (!in_memory).then(|| file.to_path_buf())
             }
-            Self::Postgres(_) => None,
+            Self::Postgres(..) => None,
         }
     }
 
     /// A printable name of the database (file name or redacted connection target).
     pub fn describe(&self) -> String {
         match self {
-            Self::Sqlite(pool, _) => format!(
+            Self::Sqlite(pool, ..) => format!(
                 "sqlite://{}",
                 pool.connect_options().get_filename().display()
             ),
-            Self::Postgres(pool) => {
+            Self::Postgres(pool, _) => {
                 let o = pool.connect_options();
                 format!(
                     "postgres://{}:{}/{}",
@@ -376,9 +398,9 @@ pub enum Tx {
 #[derive(Debug)]
 pub enum PgTx {
     /// `BEGIN` on a pooled connection.
-    Transaction(Transaction<'static, Postgres>),
+    Transaction(Lease<Postgres>),
     /// No transaction: one read statement ([`Db::single_read`]).
-    Single(PoolConnection<Postgres>),
+    Single(Lease<Postgres>),
 }
 
 impl std::ops::Deref for PgTx {
@@ -386,8 +408,7 @@ impl std::ops::Deref for PgTx {
 
     fn deref(&self) -> &PgConnection {
         match self {
-            Self::Transaction(tx) => tx,
-            Self::Single(conn) => conn,
+            Self::Transaction(lease) | Self::Single(lease) => lease.conn_ref(),
         }
     }
 }
@@ -395,8 +416,7 @@ impl std::ops::Deref for PgTx {
 impl std::ops::DerefMut for PgTx {
     fn deref_mut(&mut self) -> &mut PgConnection {
         match self {
-            Self::Transaction(tx) => tx,
-            Self::Single(conn) => conn,
+            Self::Transaction(lease) | Self::Single(lease) => lease.conn(),
         }
     }
 }
@@ -406,11 +426,11 @@ impl std::ops::DerefMut for PgTx {
 #[derive(Debug)]
 pub enum SqliteTx {
     /// Deferred `BEGIN` on a pooled connection.
-    Read(Transaction<'static, Sqlite>),
+    Read(Lease<Sqlite>),
     /// `BEGIN IMMEDIATE` on the writer connection.
     Write(WriteTx),
     /// No transaction: one read statement on a pooled connection ([`Db::single_read`]).
-    Single(PoolConnection<Sqlite>),
+    Single(Lease<Sqlite>),
 }
 
 impl std::ops::Deref for SqliteTx {
@@ -418,9 +438,8 @@ impl std::ops::Deref for SqliteTx {
 
     fn deref(&self) -> &SqliteConnection {
         match self {
-            Self::Read(tx) => tx,
+            Self::Read(lease) | Self::Single(lease) => lease.conn_ref(),
             Self::Write(tx) => tx.conn_ref(),
-            Self::Single(conn) => conn,
         }
     }
 }
@@ -428,9 +447,8 @@ impl std::ops::Deref for SqliteTx {
 impl std::ops::DerefMut for SqliteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         match self {
-            Self::Read(tx) => tx,
+            Self::Read(lease) | Self::Single(lease) => lease.conn(),
             Self::Write(tx) => tx.conn(),
-            Self::Single(conn) => conn,
         }
     }
 }
@@ -440,15 +458,20 @@ impl Tx {
     pub async fn commit(self) -> Result<(), DbError> {
         match self {
             // Read transactions commit nothing durable.
-            Self::Sqlite(SqliteTx::Read(tx)) => tx.commit().await?,
+            Self::Sqlite(SqliteTx::Read(mut lease)) => {
+                lease.run("COMMIT").await?;
+                lease.in_step();
+            }
             // Counted by the write gate, where one COMMIT may be shared by several writers.
             Self::Sqlite(SqliteTx::Write(tx)) => tx.commit().await?,
-            Self::Postgres(PgTx::Transaction(tx)) => {
-                tx.commit().await?;
+            Self::Postgres(PgTx::Transaction(mut lease)) => {
+                lease.run("COMMIT").await?;
+                lease.in_step();
                 count_commit();
             }
-            // Nothing was begun; the connection goes back to the pool.
-            Self::Sqlite(SqliteTx::Single(_)) | Self::Postgres(PgTx::Single(_)) => {}
+            // Nothing was begun; the read was answered, so the connection is kept.
+            Self::Sqlite(SqliteTx::Single(mut lease)) => lease.in_step(),
+            Self::Postgres(PgTx::Single(mut lease)) => lease.in_step(),
         }
         Ok(())
     }
@@ -456,10 +479,17 @@ impl Tx {
     /// Discards the transaction's changes.
     pub async fn rollback(self) -> Result<(), DbError> {
         match self {
-            Self::Sqlite(SqliteTx::Read(tx)) => tx.rollback().await?,
+            Self::Sqlite(SqliteTx::Read(mut lease)) => {
+                lease.run("ROLLBACK").await?;
+                lease.in_step();
+            }
             Self::Sqlite(SqliteTx::Write(tx)) => tx.rollback().await?,
-            Self::Postgres(PgTx::Transaction(tx)) => tx.rollback().await?,
-            Self::Sqlite(SqliteTx::Single(_)) | Self::Postgres(PgTx::Single(_)) => {}
+            Self::Postgres(PgTx::Transaction(mut lease)) => {
+                lease.run("ROLLBACK").await?;
+                lease.in_step();
+            }
+            Self::Sqlite(SqliteTx::Single(mut lease)) => lease.in_step(),
+            Self::Postgres(PgTx::Single(mut lease)) => lease.in_step(),
         }
         Ok(())
     }
@@ -536,11 +566,18 @@ fn count_commit() {
 pub async fn server_commits(db: &Db) -> Result<Option<i64>, DbError> {
     match db {
         Db::Sqlite(..) => Ok(None),
-        Db::Postgres(pool) => Ok(sqlx::query_scalar(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-        )
-        .fetch_optional(pool)
-        .await?),
+        Db::Postgres(..) => {
+            // Through a lease like every other statement: the pool's connections may all be
+            // kept between transactions.
+            let mut tx = db.single_read().await?;
+            let commits = on_backend!(&mut tx, conn => sqlx::query_scalar(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            )
+            .fetch_optional(&mut *conn)
+            .await?);
+            tx.commit().await?;
+            Ok(commits)
+        }
     }
 }
 

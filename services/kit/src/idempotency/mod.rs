@@ -239,7 +239,8 @@ impl Idempotency {
         &self,
         key: &Key,
     ) -> Result<Option<Result<T, Status>>, Status> {
-        let mut tx = self.db.begin_read().await.map_err(db_status)?;
+        // One statement: consistent without a transaction around it.
+        let mut tx = self.db.single_read().await.map_err(db_status)?;
         let found = store::find(&mut tx, key).await.map_err(db_status)?;
         tx.rollback().await.map_err(db_status)?;
         found.map(|found| settle(key, found)).transpose()

@@ -1,0 +1,433 @@
+//! Pooled connections kept between transactions instead of handed back to sqlx's pool.
+//!
+//! sqlx pings every connection it is given back (a round trip to the Postgres server; on SQLite
+//! a hand-off to the connection's thread and back) to catch one a cancelled statement left out
+//! of step. A transaction that ended with its own `COMMIT` or `ROLLBACK` answered, or a read
+//! whose holder ended it after its statement was answered, has just shown that its connection
+//! is in step, so the ping buys nothing there: such a connection goes on a stack here and the
+//! next transaction takes it. One dropped unfinished (an error returned early, a cancelled
+//! caller) is closed instead, as the ping would have found it suspect.
+//!
+//! The stack's connections stay checked out of the pool, so a permit per connection in use or
+//! on the stack keeps the total at the pool's size. A connection idle on the stack for longer
+//! than [`IDLE`] goes back to the pool, which applies its own ping, idle timeout and lifetime.
+//! Once the database is closing, every connection goes back to the pool, which waits for them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Pool};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::DbError;
+
+/// How long a connection waits on the stack before it goes back to the pool.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The connections of one pool between transactions, and the permits that bound them.
+#[derive(Debug)]
+pub struct Leases<DB: Database> {
+    stack: Arc<Mutex<Stack<DB>>>,
+    permits: Arc<Semaphore>,
+    acquire_timeout: Duration,
+}
+
+impl<DB: Database> Clone for Leases<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            stack: self.stack.clone(),
+            permits: self.permits.clone(),
+            acquire_timeout: self.acquire_timeout,
+        }
+    }
+}
+
+/// The connections between transactions; none once closing.
+#[derive(Debug)]
+struct Stack<DB: Database> {
+    idle: Vec<Idle<DB>>,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Idle<DB: Database> {
+    conn: PoolConnection<DB>,
+    since: Instant,
+}
+
+/// A connection taken for one transaction or one read statement.
+#[derive(Debug)]
+pub struct Lease<DB: Database> {
+    conn: Option<PoolConnection<DB>>,
+    home: Leases<DB>,
+    _permit: OwnedSemaphorePermit,
+    /// Set once the holder ended its use with an answered statement.
+    in_step: bool,
+}
+
+impl<DB: Database> Leases<DB> {
+    /// Leases over a pool of `size` connections.
+    pub fn new(size: u32, acquire_timeout: Duration) -> Self {
+        Self {
+            stack: Arc::new(Mutex::new(Stack {
+                idle: Vec::new(),
+                closing: false,
+            })),
+            permits: Arc::new(Semaphore::new(usize::try_from(size).unwrap_or(1).max(1))),
+            acquire_timeout,
+        }
+    }
+
+    /// The most recently used connection on the stack, or a new one from the pool; waits at
+    /// most the pool's acquire timeout for a permit.
+    pub async fn take(&self, pool: &Pool<DB>) -> Result<Lease<DB>, DbError> {
+        let permit =
+            tokio::time::timeout(self.acquire_timeout, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+        let conn = match self.pop() {
+            Some(conn) => conn,
+            None => pool.acquire().await?,
+        };
+        Ok(Lease {
+            conn: Some(conn),
+            home: self.clone(),
+            _permit: permit,
+            in_step: false,
+        })
+    }
+
+    /// The most recent connection idle for less than [`IDLE`]; older ones go back to the pool
+    /// (on dropping them).
+    fn pop(&self) -> Option<PoolConnection<DB>> {
+        let mut stack = self.lock();
+        let fresh = stack.idle.partition_point(|i| i.since.elapsed() > IDLE);
+        let stale: Vec<Idle<DB>> = stack.idle.drain(..fresh).collect();
+        let conn = stack.idle.pop().map(|i| i.conn);
+        drop(stack);
+        drop(stale);
+        conn
+    }
+
+    /// Gives every idle connection back to the pool, and from now on each one whose lease
+    /// ends: the pool's `close` waits for all of them.
+    pub fn close(&self) {
+        let mut stack = self.lock();
+        stack.closing = true;
+        let idle = std::mem::take(&mut stack.idle);
+        drop(stack);
+        drop(idle);
+    }
+
+    /// Connections on the stack now.
+    pub fn idle_count(&self) -> usize {
+        self.lock().idle.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stack<DB>> {
+        self.stack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<DB: Database> Lease<DB> {
+    /// Runs a statement of the lease's own (`BEGIN`, `COMMIT`, `ROLLBACK`).
+    pub async fn run(&mut self, sql: &'static str) -> Result<(), DbError>
+    where
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        for<'q> <DB as Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    {
+        sqlx::query::<DB>(sql).execute(self.conn()).await?;
+        Ok(())
+    }
+
+    /// Ends the lease after a statement was answered on it (`COMMIT`, `ROLLBACK`, or the one
+    /// statement of a read): the connection is in step and goes back on the stack.
+    pub fn in_step(&mut self) {
+        self.in_step = true;
+    }
+
+    /// The connection.
+    pub fn conn(&mut self) -> &mut DB::Connection {
+        self.conn.as_mut().expect("held until dropped")
+    }
+
+    /// The connection, to read from.
+    pub fn conn_ref(&self) -> &DB::Connection {
+        self.conn.as_ref().expect("held until dropped")
+    }
+}
+
+impl<DB: Database> Drop for Lease<DB> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if !self.in_step {
+            // Perhaps in a transaction, or with a statement half sent or half answered.
+            conn.close_on_drop();
+            return;
+        }
+        let mut stack = self.home.lock();
+        if stack.closing {
+            drop(stack);
+            drop(conn);
+            return;
+        }
+        stack.idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::db::{Backend, Db, PoolConfig, Tx};
+    use crate::on_backend;
+    use crate::testing::{self, TestDatabase};
+
+    /// A TCP proxy in front of the Postgres server that counts the client's round trips: each
+    /// `Sync` (which ends an extended-protocol exchange; sqlx's ping is a bare one) and each
+    /// simple `Query` makes the client wait for the server's answer.
+    async fn counting_proxy(server: String) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let round_trips = Arc::new(AtomicUsize::new(0));
+        let counter = round_trips.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = TcpStream::connect(&server).await.unwrap();
+                let (from_client, mut to_client) = client.into_split();
+                let (mut from_server, to_server) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                tokio::spawn(count_messages(from_client, to_server, counter.clone()));
+            }
+        });
+        (port, round_trips)
+    }
+
+    /// Forwards the client's bytes, counting its `Sync` and `Query` messages.
+    async fn count_messages(
+        mut from: OwnedReadHalf,
+        mut to: OwnedWriteHalf,
+        round_trips: Arc<AtomicUsize>,
+    ) {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut started = false;
+        let mut chunk = [0_u8; 8192];
+        loop {
+            let n = match from.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            loop {
+                // The startup message has no type byte; every later one has.
+                let at = usize::from(started);
+                if pending.len() < at + 4 {
+                    break;
+                }
+                let len = u32::from_be_bytes([
+                    pending[at],
+                    pending[at + 1],
+                    pending[at + 2],
+                    pending[at + 3],
+                ]) as usize;
+                if pending.len() < at + len {
+                    break;
+                }
+                if started && matches!(pending[0], b'S' | b'Q') {
+                    round_trips.fetch_add(1, Ordering::SeqCst);
+                }
+                pending.drain(..at + len);
+                started = true;
+            }
+            // Counted before it is forwarded, so a count read after an answer includes it.
+            if to.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn select_one(tx: &mut Tx) {
+        on_backend!(tx, conn => {
+            sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+        });
+    }
+
+    #[tokio::test]
+    async fn a_postgres_transaction_costs_its_statements_and_no_ping_when_it_ends() {
+        if testing::backend() != Backend::Postgres {
+            return;
+        }
+        let database = TestDatabase::on(Backend::Postgres, "lease_round_trips");
+        // postgres://user@host:port/name: the proxy stands in for host:port.
+        let (scheme, rest) = database.url().split_once("://").unwrap();
+        let (authority, name) = rest.split_once('/').unwrap();
+        let (user, server) = authority.rsplit_once('@').unwrap();
+        let server = if server.contains(':') {
+            server.to_owned()
+        } else {
+            format!("{server}:5432")
+        };
+        let (port, round_trips) = counting_proxy(server).await;
+        // In the clear, so the proxy can read the messages.
+        let proxied = format!("{scheme}://{user}@127.0.0.1:{port}/{name}?sslmode=disable");
+        let db = Db::connect(&proxied, &PoolConfig::default()).await.unwrap();
+        let run = |db: Db| async move {
+            let mut tx = db.begin().await.unwrap();
+            select_one(&mut tx).await;
+            tx.commit().await.unwrap();
+            let mut tx = db.begin_read().await.unwrap();
+            select_one(&mut tx).await;
+            tx.rollback().await.unwrap();
+            let mut tx = db.single_read().await.unwrap();
+            select_one(&mut tx).await;
+            tx.commit().await.unwrap();
+        };
+        // The first time prepares each statement (a round trip more).
+        run(db.clone()).await;
+        let before = round_trips.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            run(db.clone()).await;
+        }
+        // Let anything sent after the last answer (a ping on release) reach the proxy.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let spent = round_trips.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            spent,
+            10 * (3 + 3 + 1),
+            "BEGIN, SELECT, COMMIT; BEGIN, SELECT, ROLLBACK; SELECT: nothing else"
+        );
+        db.close().await;
+    }
+
+    /// The rows of `t` as the next transaction sees them.
+    async fn rows(db: &Db) -> i64 {
+        let mut tx = db.begin_read().await.unwrap();
+        let n = on_backend!(&mut tx, conn => {
+            sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *conn).await.unwrap()
+        });
+        tx.rollback().await.unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn a_transaction_dropped_unfinished_takes_its_connection_with_it() {
+        let database = TestDatabase::new("lease_dropped");
+        let config = PoolConfig {
+            max_connections: 1,
+            ..PoolConfig::default()
+        };
+        let db = Db::connect(database.url(), &config).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        on_backend!(&mut tx, conn => {
+            sqlx::query("CREATE TABLE t (x BIGINT PRIMARY KEY)").execute(&mut *conn).await.unwrap();
+        });
+        tx.commit().await.unwrap();
+
+        // A write left uncommitted (on SQLite the writer connection is not leased, so a read
+        // transaction left open stands for it there).
+        let mut tx = match db.backend() {
+            Backend::Postgres => db.begin().await.unwrap(),
+            Backend::Sqlite => db.begin_read().await.unwrap(),
+        };
+        if db.backend() == Backend::Postgres {
+            on_backend!(&mut tx, conn => {
+                sqlx::query("INSERT INTO t (x) VALUES (1)").execute(&mut *conn).await.unwrap();
+            });
+        }
+        select_one(&mut tx).await;
+        drop(tx);
+        // The only connection there is: had it been kept, the next transaction would run
+        // inside the open one (Postgres: and see its row; SQLite: fail to begin).
+        assert_eq!(rows(&db).await, 0);
+        let mut tx = db.single_read().await.unwrap();
+        // A single read dropped before it was ended goes the same way.
+        select_one(&mut tx).await;
+        drop(tx);
+        assert_eq!(rows(&db).await, 0);
+        match &db {
+            Db::Sqlite(_, _, leases) => assert_eq!(leases.idle_count(), 1),
+            Db::Postgres(_, leases) => assert_eq!(leases.idle_count(), 1),
+        }
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn no_more_connections_are_held_than_the_pool_has_and_a_taker_waits_for_one() {
+        let database = TestDatabase::new("lease_bound");
+        let config = PoolConfig {
+            max_connections: 2,
+            acquire_timeout: Duration::from_millis(300),
+            ..PoolConfig::default()
+        };
+        let db = Db::connect(database.url(), &config).await.unwrap();
+        let first = db.begin_read().await.unwrap();
+        let second = db.single_read().await.unwrap();
+        let refused = db.begin_read().await;
+        assert!(
+            matches!(
+                refused,
+                Err(crate::db::DbError::Query(sqlx::Error::PoolTimedOut))
+            ),
+            "{refused:?}"
+        );
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin_read().await.unwrap();
+                select_one(&mut tx).await;
+                tx.rollback().await.unwrap();
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        first.rollback().await.unwrap();
+        waiting.await.unwrap();
+        second.commit().await.unwrap();
+        let (size, idle) = match &db {
+            Db::Sqlite(pool, _, leases) => (pool.size(), leases.idle_count()),
+            Db::Postgres(pool, leases) => (pool.size(), leases.idle_count()),
+        };
+        assert!(size <= 2, "the pool opened {size}");
+        assert_eq!(idle, 2, "both kept for the next transactions");
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn closing_waits_for_the_transactions_in_flight_and_then_ends() {
+        let database = TestDatabase::new("lease_close");
+        let db = Db::connect(database.url(), &PoolConfig::default())
+            .await
+            .unwrap();
+        // One connection kept from before, one in use while the database closes.
+        db.single_read().await.unwrap().commit().await.unwrap();
+        let mut tx = db.begin_read().await.unwrap();
+        let closing = tokio::spawn({
+            let db = db.clone();
+            async move { db.close().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!closing.is_finished(), "a transaction is still in flight");
+        select_one(&mut tx).await;
+        tx.rollback().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), closing)
+            .await
+            .expect("the connection went back to the pool, which closed")
+            .unwrap();
+        assert!(db.begin_read().await.is_err(), "closed");
+    }
+}
