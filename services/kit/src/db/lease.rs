@@ -4,15 +4,16 @@
 //! a hand-off to the connection's thread and back) to catch one a cancelled statement left out
 //! of step. A transaction that ended with its own `COMMIT` or `ROLLBACK` answered, or a read
 //! whose holder ended it after its statement was answered, has just shown that its connection
-//! is in step, so the ping buys nothing there: such a connection goes on a stack here and the
-//! next transaction takes it. One dropped unfinished (an error returned early, a cancelled
+//! is in step, so the ping buys nothing there: such a connection goes in line here and a
+//! later transaction takes it. One dropped unfinished (an error returned early, a cancelled
 //! caller) is closed instead, as the ping would have found it suspect.
 //!
-//! The stack's connections stay checked out of the pool, so a permit per connection in use or
-//! on the stack keeps the total at the pool's size. A connection idle on the stack for longer
+//! The connections in line stay checked out of the pool, so a permit per connection in use or
+//! in line keeps the total at the pool's size. A connection idle in line for longer
 //! than [`IDLE`] goes back to the pool, which applies its own ping, idle timeout and lifetime.
 //! Once the database is closing, every connection goes back to the pool, which waits for them.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::DbError;
 
-/// How long a connection waits on the stack before it goes back to the pool.
+/// How long a connection waits in line before it goes back to the pool.
 const IDLE: Duration = Duration::from_secs(60);
 
 /// The connections of one pool between transactions, and the permits that bound them.
 #[derive(Debug)]
 pub struct Leases<DB: Database> {
-    stack: Arc<Mutex<Stack<DB>>>,
+    line: Arc<Mutex<Line<DB>>>,
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
 }
@@ -36,7 +37,7 @@ pub struct Leases<DB: Database> {
 impl<DB: Database> Clone for Leases<DB> {
     fn clone(&self) -> Self {
         Self {
-            stack: self.stack.clone(),
+            line: self.line.clone(),
             permits: self.permits.clone(),
             acquire_timeout: self.acquire_timeout,
         }
@@ -45,8 +46,11 @@ impl<DB: Database> Clone for Leases<DB> {
 
 /// The connections between transactions; none once closing.
 #[derive(Debug)]
-struct Stack<DB: Database> {
-    idle: Vec<Idle<DB>>,
+struct Line<DB: Database> {
+    /// Oldest first: each transaction takes the connection idle longest (in measurements the
+    /// most recent one, whose server process may still be finishing its last answer, made
+    /// the saga engine on Postgres slower and less steady).
+    idle: VecDeque<Idle<DB>>,
     closing: bool,
 }
 
@@ -70,8 +74,8 @@ impl<DB: Database> Leases<DB> {
     /// Leases over a pool of `size` connections.
     pub fn new(size: u32, acquire_timeout: Duration) -> Self {
         Self {
-            stack: Arc::new(Mutex::new(Stack {
-                idle: Vec::new(),
+            line: Arc::new(Mutex::new(Line {
+                idle: VecDeque::new(),
                 closing: false,
             })),
             permits: Arc::new(Semaphore::new(usize::try_from(size).unwrap_or(1).max(1))),
@@ -79,7 +83,7 @@ impl<DB: Database> Leases<DB> {
         }
     }
 
-    /// The most recently used connection on the stack, or a new one from the pool; waits at
+    /// The connection idle longest, or a new one from the pool; waits at
     /// most the pool's acquire timeout for a permit.
     pub async fn take(&self, pool: &Pool<DB>) -> Result<Lease<DB>, DbError> {
         let permit =
@@ -99,14 +103,14 @@ impl<DB: Database> Leases<DB> {
         })
     }
 
-    /// The most recent connection idle for less than [`IDLE`]; older ones go back to the pool
-    /// (on dropping them).
+    /// The connection idle longest but less than [`IDLE`]; older ones go back to the pool (on
+    /// dropping them).
     fn pop(&self) -> Option<PoolConnection<DB>> {
-        let mut stack = self.lock();
-        let fresh = stack.idle.partition_point(|i| i.since.elapsed() > IDLE);
-        let stale: Vec<Idle<DB>> = stack.idle.drain(..fresh).collect();
-        let conn = stack.idle.pop().map(|i| i.conn);
-        drop(stack);
+        let mut line = self.lock();
+        let fresh = line.idle.partition_point(|i| i.since.elapsed() > IDLE);
+        let stale: Vec<Idle<DB>> = line.idle.drain(..fresh).collect();
+        let conn = line.idle.pop_front().map(|i| i.conn);
+        drop(line);
         drop(stale);
         conn
     }
@@ -114,20 +118,20 @@ impl<DB: Database> Leases<DB> {
     /// Gives every idle connection back to the pool, and from now on each one whose lease
     /// ends: the pool's `close` waits for all of them.
     pub fn close(&self) {
-        let mut stack = self.lock();
-        stack.closing = true;
-        let idle = std::mem::take(&mut stack.idle);
-        drop(stack);
+        let mut line = self.lock();
+        line.closing = true;
+        let idle = std::mem::take(&mut line.idle);
+        drop(line);
         drop(idle);
     }
 
-    /// Connections on the stack now.
+    /// Connections in line now.
     pub fn idle_count(&self) -> usize {
         self.lock().idle.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Stack<DB>> {
-        self.stack
+    fn lock(&self) -> std::sync::MutexGuard<'_, Line<DB>> {
+        self.line
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -145,7 +149,7 @@ impl<DB: Database> Lease<DB> {
     }
 
     /// Ends the lease after a statement was answered on it (`COMMIT`, `ROLLBACK`, or the one
-    /// statement of a read): the connection is in step and goes back on the stack.
+    /// statement of a read): the connection is in step and goes back in line.
     pub fn in_step(&mut self) {
         self.in_step = true;
     }
@@ -171,13 +175,13 @@ impl<DB: Database> Drop for Lease<DB> {
             conn.close_on_drop();
             return;
         }
-        let mut stack = self.home.lock();
-        if stack.closing {
-            drop(stack);
+        let mut line = self.home.lock();
+        if line.closing {
+            drop(line);
             drop(conn);
             return;
         }
-        stack.idle.push(Idle {
+        line.idle.push_back(Idle {
             conn,
             since: Instant::now(),
         });
