@@ -123,9 +123,17 @@ pub fn allocate(
     }
 }
 
-/// One attempt at reserving every line for a checkout. `Conflict` means a concurrent
-/// reservation changed a stock row between our read and our write: the caller rolls the whole
-/// transaction back and tries again.
+/// Compare-and-set rounds one line gets inside its transaction before the whole attempt is
+/// given up as a conflict.
+const LINE_ROUNDS: u32 = 4;
+
+/// One attempt at reserving every line for a checkout. Each allocation is a compare-and-set on
+/// the stock row's version read earlier. When a line's first one loses (on Postgres the winner
+/// has committed by then: our update waited for it), the line reads its stock again and tries
+/// once more, in the same transaction, up to [`LINE_ROUNDS`] times: nothing of the line was
+/// taken yet, and a statement under READ COMMITTED sees the winner's row. `Conflict` means a
+/// line still lost, or lost after taking part of its quantity from another warehouse: the
+/// caller rolls the whole transaction back and tries again.
 pub async fn reserve(
     tx: &mut Tx,
     checkout_id: &str,
@@ -163,19 +171,28 @@ pub async fn reserve(
             storage::stock_levels(tx, &line.sku).await?,
         );
     }
-    let allocations = allocate(lines, &stock).map_err(InventoryError::OutOfStock)?;
-    for (allocation, version) in &allocations {
-        let won = storage::reserve_if_unchanged(
-            tx,
-            &allocation.sku,
-            &allocation.warehouse_id,
-            allocation.quantity,
-            *version,
-            now,
-        )
-        .await?;
-        if !won {
-            return Err(InventoryError::Conflict);
+    // Every short sku is named before anything is taken.
+    allocate(lines, &stock).map_err(InventoryError::OutOfStock)?;
+    let mut allocations = Vec::new();
+    for line in lines {
+        let mut round = 1;
+        loop {
+            let mine = allocate(std::slice::from_ref(line), &stock)
+                .map_err(|_| InventoryError::Conflict)?;
+            match take(tx, &mine, now).await? {
+                Taken::All => {
+                    allocations.extend(mine);
+                    break;
+                }
+                Taken::None if round < LINE_ROUNDS => {
+                    round += 1;
+                    stock.insert(
+                        line.sku.clone(),
+                        storage::stock_levels(tx, &line.sku).await?,
+                    );
+                }
+                Taken::None | Taken::Part => return Err(InventoryError::Conflict),
+            }
         }
     }
     for (position, line) in (1_i64..).zip(lines) {
@@ -202,6 +219,40 @@ pub async fn reserve(
         lines.to_vec(),
         storage::allocation_order(ranked),
     ))
+}
+
+/// How far one line's compare-and-sets got.
+enum Taken {
+    /// Every allocation.
+    All,
+    /// The first lost: nothing of the line was taken.
+    None,
+    /// A later one lost after earlier ones were taken.
+    Part,
+}
+
+/// Takes a line's allocations, each by compare-and-set on the version read, in order, up to
+/// the first that loses.
+async fn take(
+    tx: &mut Tx,
+    allocations: &[(AllocationRow, i64)],
+    now: i64,
+) -> Result<Taken, InventoryError> {
+    for (i, (allocation, version)) in allocations.iter().enumerate() {
+        let won = storage::reserve_if_unchanged(
+            tx,
+            &allocation.sku,
+            &allocation.warehouse_id,
+            allocation.quantity,
+            *version,
+            now,
+        )
+        .await?;
+        if !won {
+            return Ok(if i == 0 { Taken::None } else { Taken::Part });
+        }
+    }
+    Ok(Taken::All)
 }
 
 async fn find(tx: &mut Tx, target: &Target) -> Result<Option<ReservationRow>, InventoryError> {
@@ -356,5 +407,67 @@ mod tests {
         let stock: HashMap<_, _> = [stock("A", &[("w", 1, 0)]), stock("B", &[("w", 5, 0)])].into();
         let short = allocate(&[line("A", 2), line("B", 5), line("C", 1)], &stock).unwrap_err();
         assert_eq!(short, vec!["A".to_owned(), "C".to_owned()]);
+    }
+
+    async fn stock_of(db: &checkout_kit::db::Db, sku: &str) -> (i64, i64) {
+        let mut tx = db.begin_read().await.unwrap();
+        let rows = storage::stock_levels(&mut tx, sku).await.unwrap();
+        tx.rollback().await.unwrap();
+        rows.iter()
+            .fold((0, 0), |(h, r), s| (h + s.on_hand, r + s.reserved))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reservation_that_loses_the_compare_and_set_reads_again_in_its_transaction() {
+        use crate::fixture::{StockEntry, StockFixture, WarehouseEntry};
+        let database = checkout_kit::testing::TestDatabase::new("reserve_in_tx_retry");
+        let db = database.migrated(&crate::MIGRATIONS).await.unwrap();
+        let fixture = StockFixture {
+            warehouses: vec![WarehouseEntry {
+                warehouse_id: "w".to_owned(),
+                region: "r".to_owned(),
+                priority: 1,
+            }],
+            stock: vec![StockEntry {
+                sku: "HOT".to_owned(),
+                warehouse_id: "w".to_owned(),
+                on_hand: 10,
+            }],
+        };
+        crate::stock::seed(&db, &fixture).await.unwrap();
+
+        // The first reservation has taken its unit and not committed yet.
+        let mut first = db.begin().await.unwrap();
+        reserve(&mut first, "c1", &[line("HOT", 1)], 60_000)
+            .await
+            .unwrap();
+        // The second reads the stock row's version as it was, and (Postgres) its
+        // compare-and-set waits for the first; on SQLite it waits for the write turn instead.
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                let got = reserve(&mut tx, "c2", &[line("HOT", 2)], 60_000).await;
+                match got {
+                    Ok(r) => {
+                        tx.commit().await.unwrap();
+                        Ok(r)
+                    }
+                    Err(e) => {
+                        tx.rollback().await.unwrap();
+                        Err(e)
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        first.commit().await.unwrap();
+        let second = second.await.unwrap();
+        assert!(
+            second.is_ok(),
+            "no conflict for the caller to retry: {second:?}"
+        );
+        assert_eq!(stock_of(&db, "HOT").await, (10, 3));
+        db.close().await;
     }
 }
