@@ -7,17 +7,18 @@
 //!
 //! Each write is fenced on its own (the saga's version, lease and, for the pivot, no cancel), so
 //! one saga's lost lease never fails its neighbours. A batch whose transaction fails is retried
-//! write by write, so a write that cannot be stored fails alone.
+//! write by write, so a write that cannot be stored fails alone. A batch of one is tried once
+//! more as well: on Postgres a batch is one statement whose timeline numbers are read before it
+//! waits for a saga row, so a cancel committed during that wait makes them collide and fails
+//! the batch; the second try reads the timeline afresh.
 
 use std::sync::Arc;
-
-use std::collections::HashMap;
 
 use checkout_kit::db::{Backend, Db, DbError, now_millis};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 pub use crate::store::NewEvent;
-use crate::store::{self, AttemptRow, SagaRow, SagaSave, StepRow};
+use crate::store::{self, AttemptRow, BatchWrite, SagaRow, SagaSave, StepRow};
 
 /// Most writes committed in one transaction: bounds the time a batch holds the database.
 const MAX_BATCH: usize = 128;
@@ -139,11 +140,7 @@ async fn commit(db: &Db, batch: Vec<Entry>) {
                 let _ = entry.reply.send(Ok(saved));
             }
         }
-        Err(e) if batch.len() == 1 => {
-            if let Some(entry) = batch.into_iter().next() {
-                let _ = entry.reply.send(Err(e));
-            }
-        }
+        // Also a batch of one: the write on its own is tried once more (see the module doc).
         Err(e) => {
             tracing::debug!(error = %e, writes = batch.len(), "group commit failed; writing one by one");
             for entry in batch {
@@ -157,47 +154,23 @@ async fn commit(db: &Db, batch: Vec<Entry>) {
 }
 
 async fn store_all(db: &Db, writes: &[&SagaWrite]) -> Result<Vec<Saved>, DbError> {
-    let saves: Vec<SagaSave<'_>> = writes
+    let batch: Vec<BatchWrite<'_>> = writes
         .iter()
-        .map(|w| SagaSave {
-            saga: &w.saga,
-            owner: &w.owner,
-            lease_expires_at: w.lease_expires_at,
-            require_no_cancel: w.require_no_cancel,
-            release: w.release,
+        .map(|w| BatchWrite {
+            save: SagaSave {
+                saga: &w.saga,
+                owner: &w.owner,
+                lease_expires_at: w.lease_expires_at,
+                require_no_cancel: w.require_no_cancel,
+                release: w.release,
+            },
+            steps: &w.steps,
+            attempts: w.finished.iter().chain(&w.started).collect(),
+            events: &w.events,
         })
         .collect();
-    let mut tx = db.begin().await?;
-    let written: HashMap<String, bool> = store::save_sagas(&mut tx, &saves)
-        .await?
-        .into_iter()
-        .collect();
-    // A fenced-off write stores nothing else either.
-    let kept: Vec<&SagaWrite> = writes
-        .iter()
-        .copied()
-        .filter(|w| written.contains_key(&w.saga.saga_id))
-        .collect();
-    let steps: Vec<(&str, &StepRow)> = kept
-        .iter()
-        .flat_map(|w| w.steps.iter().map(|s| (w.saga.saga_id.as_str(), s)))
-        .collect();
-    store::save_steps(&mut tx, &steps).await?;
-    let attempts: Vec<(&str, &AttemptRow)> = kept
-        .iter()
-        .flat_map(|w| {
-            w.finished
-                .iter()
-                .chain(&w.started)
-                .map(|a| (w.saga.saga_id.as_str(), a))
-        })
-        .collect();
-    store::record_attempts(&mut tx, &attempts).await?;
-    let events: Vec<(&str, &NewEvent)> = kept
-        .iter()
-        .flat_map(|w| w.events.iter().map(|e| (w.saga.saga_id.as_str(), e)))
-        .collect();
-    store::append_events(&mut tx, &events, now_millis()).await?;
+    let mut tx = db.single_write().await?;
+    let written = store::save_batch(&mut tx, &batch, now_millis()).await?;
     tx.commit().await?;
     Ok(writes
         .iter()

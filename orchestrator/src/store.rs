@@ -1,6 +1,7 @@
 //! Every SQL statement of the orchestrator: sagas, their steps, attempts and timeline. Writes by
 //! the replica driving a saga are fenced by its lease and the saga's version.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use checkout_kit::db::{Backend, DbError, Tx, values_list};
@@ -357,6 +358,195 @@ pub struct SagaSave<'a> {
     pub require_no_cancel: bool,
     /// Give the lease back.
     pub release: bool,
+}
+
+/// One saga's share of a journal batch: its fenced write and what is stored with it.
+#[derive(Debug, Clone)]
+pub struct BatchWrite<'a> {
+    /// The fenced write of the saga row.
+    pub save: SagaSave<'a>,
+    /// Steps whose state changed.
+    pub steps: &'a [StepRow],
+    /// Attempts started or finished.
+    pub attempts: Vec<&'a AttemptRow>,
+    /// Timeline events, in order.
+    pub events: &'a [NewEvent],
+}
+
+/// Stores a journal batch: each saga's fenced write and, only for the sagas it wrote, their
+/// steps, attempts and events (stamped `at`). Returns the sagas written, with whether a cancel
+/// was asked for by now; those missing were fenced off. Atomic: run it in a write transaction,
+/// or on Postgres in a [`Db::single_write`](checkout_kit::db::Db::single_write), where it is
+/// one statement.
+pub async fn save_batch(
+    tx: &mut Tx,
+    batch: &[BatchWrite<'_>],
+    at: i64,
+) -> Result<HashMap<String, bool>, DbError> {
+    if let Tx::Postgres(conn) = tx {
+        return save_batch_in_one_statement(conn, batch, at).await;
+    }
+    let saves: Vec<SagaSave<'_>> = batch.iter().map(|w| w.save).collect();
+    let written: HashMap<String, bool> = save_sagas(tx, &saves).await?.into_iter().collect();
+    // A fenced-off write stores nothing else either.
+    let kept: Vec<&BatchWrite<'_>> = batch
+        .iter()
+        .filter(|w| written.contains_key(&w.save.saga.saga_id))
+        .collect();
+    let steps: Vec<(&str, &StepRow)> = kept
+        .iter()
+        .flat_map(|w| w.steps.iter().map(|s| (saga_id(w), s)))
+        .collect();
+    save_steps(tx, &steps).await?;
+    let attempts: Vec<(&str, &AttemptRow)> = kept
+        .iter()
+        .flat_map(|w| w.attempts.iter().map(|a| (saga_id(w), *a)))
+        .collect();
+    record_attempts(tx, &attempts).await?;
+    let events: Vec<(&str, &NewEvent)> = kept
+        .iter()
+        .flat_map(|w| w.events.iter().map(|e| (saga_id(w), e)))
+        .collect();
+    append_events(tx, &events, at).await?;
+    Ok(written)
+}
+
+fn saga_id<'a>(w: &BatchWrite<'a>) -> &'a str {
+    w.save.saga.saga_id.as_str()
+}
+
+/// The journal batch on Postgres: one statement whose data-modifying parts share the fenced
+/// saga update's result, each table's rows passed as one array per column, so any batch is the
+/// same prepared statement and one round trip, and needs no `BEGIN` or `COMMIT`. Its timeline
+/// numbers come from the statement's snapshot, taken before the saga update waits for a row
+/// another transaction holds; when that transaction appended events too (a cancel), the
+/// numbers collide, the primary key refuses the whole statement, and the journal's retry reads
+/// the timeline afresh.
+const SAVE_BATCH_POSTGRES: &str = "\
+    WITH w AS ( \
+      SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+        $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bool[], $12::int8[], \
+        $13::int8[], $14::int8[], $15::bool[], $16::bool[]) \
+        AS w(saga_id, version, owner, status, direction, step_index, outputs, failure_reason, \
+          failure_message, failure_step, pivot_started, next_attempt_at, lease_expires_at, \
+          updated_at, require_no_cancel, release) \
+    ), s AS ( \
+      UPDATE sagas SET status = w.status, direction = w.direction, step_index = w.step_index, \
+        outputs = w.outputs, failure_reason = w.failure_reason, \
+        failure_message = w.failure_message, failure_step = w.failure_step, \
+        pivot_started = w.pivot_started, next_attempt_at = w.next_attempt_at, \
+        lease_owner = CASE WHEN w.release THEN NULL ELSE sagas.lease_owner END, \
+        lease_expires_at = CASE WHEN w.release THEN 0 ELSE w.lease_expires_at END, \
+        version = sagas.version + 1, updated_at = w.updated_at \
+      FROM w \
+      WHERE sagas.saga_id = w.saga_id AND sagas.version = w.version \
+        AND sagas.lease_owner = w.owner \
+        AND (sagas.cancel_requested = FALSE OR w.require_no_cancel = FALSE) \
+      RETURNING sagas.saga_id, sagas.cancel_requested \
+    ), steps AS ( \
+      UPDATE saga_steps SET status = x.status, forward_attempts = x.forward_attempts, \
+        compensation_attempts = x.compensation_attempts, \
+        forward_retry_base = x.forward_retry_base, \
+        compensation_retry_base = x.compensation_retry_base, \
+        may_have_applied = x.may_have_applied \
+      FROM UNNEST($17::text[], $18::int8[], $19::text[], $20::int8[], $21::int8[], \
+        $22::int8[], $23::int8[], $24::bool[]) \
+        AS x(saga_id, step_index, status, forward_attempts, compensation_attempts, \
+          forward_retry_base, compensation_retry_base, may_have_applied) \
+      WHERE saga_steps.saga_id = x.saga_id AND saga_steps.step_index = x.step_index \
+        AND x.saga_id IN (SELECT saga_id FROM s) \
+    ), attempts AS ( \
+      INSERT INTO saga_attempts (saga_id, step_index, direction, number, request_id, \
+        outcome, status_code, message, started_at, ended_at) \
+      SELECT * FROM UNNEST($25::text[], $26::int8[], $27::text[], $28::int8[], $29::text[], \
+        $30::text[], $31::text[], $32::text[], $33::int8[], $34::int8[]) \
+        AS y(saga_id, step_index, direction, number, request_id, outcome, status_code, \
+          message, started_at, ended_at) \
+      WHERE y.saga_id IN (SELECT saga_id FROM s) \
+      ON CONFLICT (saga_id, step_index, direction, number) DO UPDATE SET \
+        outcome = excluded.outcome, status_code = excluded.status_code, \
+        message = excluded.message, ended_at = excluded.ended_at \
+    ), events AS ( \
+      INSERT INTO saga_events (saga_id, sequence, at, kind, step, message, status) \
+      SELECT z.saga_id, \
+        COALESCE((SELECT MAX(e.sequence) FROM saga_events e WHERE e.saga_id = z.saga_id), 0) \
+          + z.ordinal, \
+        $35::int8, z.kind, z.step, z.message, z.status \
+      FROM UNNEST($36::text[], $37::int8[], $38::text[], $39::text[], $40::text[], \
+        $41::text[]) AS z(saga_id, ordinal, kind, step, message, status) \
+      WHERE z.saga_id IN (SELECT saga_id FROM s) \
+    ) \
+    SELECT saga_id, cancel_requested FROM s";
+
+async fn save_batch_in_one_statement(
+    conn: &mut checkout_kit::db::PgTx,
+    batch: &[BatchWrite<'_>],
+    at: i64,
+) -> Result<HashMap<String, bool>, DbError> {
+    let saves: Vec<&SagaSave<'_>> = batch.iter().map(|w| &w.save).collect();
+    let steps: Vec<(&str, &StepRow)> = batch
+        .iter()
+        .flat_map(|w| w.steps.iter().map(move |s| (saga_id(w), s)))
+        .collect();
+    let attempts: Vec<(&str, &AttemptRow)> = batch
+        .iter()
+        .flat_map(|w| w.attempts.iter().map(move |a| (saga_id(w), *a)))
+        .collect();
+    // The nth event of a saga goes n after the saga's last.
+    let events: Vec<(&str, i64, &NewEvent)> = batch
+        .iter()
+        .flat_map(|w| (1..).zip(w.events).map(move |(n, e)| (saga_id(w), n, e)))
+        .collect();
+    let rows = sqlx::query_as::<_, (String, bool)>(SAVE_BATCH_POSTGRES)
+        .bind(column(&saves, |w| w.saga.saga_id.as_str()))
+        .bind(column(&saves, |w| w.saga.version))
+        .bind(column(&saves, |w| w.owner))
+        .bind(column(&saves, |w| w.saga.status.as_str()))
+        .bind(column(&saves, |w| w.saga.direction.as_str()))
+        .bind(column(&saves, |w| w.saga.step_index))
+        .bind(column(&saves, |w| w.saga.outputs.as_str()))
+        .bind(column(&saves, |w| w.saga.failure_reason.as_str()))
+        .bind(column(&saves, |w| w.saga.failure_message.as_str()))
+        .bind(column(&saves, |w| w.saga.failure_step.as_str()))
+        .bind(column(&saves, |w| w.saga.pivot_started))
+        .bind(column(&saves, |w| w.saga.next_attempt_at))
+        .bind(column(&saves, |w| w.lease_expires_at))
+        .bind(column(&saves, |w| w.saga.updated_at))
+        .bind(column(&saves, |w| w.require_no_cancel))
+        .bind(column(&saves, |w| w.release))
+        .bind(column(&steps, |(id, _)| *id))
+        .bind(column(&steps, |(_, s)| s.step_index))
+        .bind(column(&steps, |(_, s)| s.status.as_str()))
+        .bind(column(&steps, |(_, s)| s.forward_attempts))
+        .bind(column(&steps, |(_, s)| s.compensation_attempts))
+        .bind(column(&steps, |(_, s)| s.forward_retry_base))
+        .bind(column(&steps, |(_, s)| s.compensation_retry_base))
+        .bind(column(&steps, |(_, s)| s.may_have_applied))
+        .bind(column(&attempts, |(id, _)| *id))
+        .bind(column(&attempts, |(_, a)| a.step_index))
+        .bind(column(&attempts, |(_, a)| a.direction.as_str()))
+        .bind(column(&attempts, |(_, a)| a.number))
+        .bind(column(&attempts, |(_, a)| a.request_id.as_str()))
+        .bind(column(&attempts, |(_, a)| a.outcome.as_str()))
+        .bind(column(&attempts, |(_, a)| a.status_code.as_str()))
+        .bind(column(&attempts, |(_, a)| a.message.as_str()))
+        .bind(column(&attempts, |(_, a)| a.started_at))
+        .bind(column(&attempts, |(_, a)| a.ended_at))
+        .bind(at)
+        .bind(column(&events, |(id, ..)| *id))
+        .bind(column(&events, |(_, n, _)| *n))
+        .bind(column(&events, |(.., e)| e.kind))
+        .bind(column(&events, |(.., e)| e.step.as_str()))
+        .bind(column(&events, |(.., e)| e.message.as_str()))
+        .bind(column(&events, |(.., e)| e.status.as_str()))
+        .fetch_all(&mut **conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// One column of `rows`, as the array a Postgres `UNNEST` takes.
+fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
 }
 
 /// Splits rows into the runs the multi-row statements take, at most 64 rows each. SQLite's

@@ -1,8 +1,8 @@
 //! The journal's group commit: concurrent sagas' writes share transactions, a fenced-off write
 //! leaves its neighbours stored, and a write the database refuses fails alone.
 
-use checkout_kit::db::{self, Db, Tx, now_millis};
-use checkout_kit::testing::TestDatabase;
+use checkout_kit::db::{self, Backend, Db, PoolConfig, Tx, now_millis};
+use checkout_kit::testing::{self, RoundTrips, TestDatabase};
 use checkout_orchestrator::journal::{Journal, NewEvent, SagaWrite, Saved};
 use checkout_orchestrator::store::{self, AttemptRow, SagaRow, StepRow};
 
@@ -34,6 +34,16 @@ fn saga(i: usize) -> SagaRow {
         created_at: now,
         updated_at: now,
     }
+}
+
+/// A fresh database with the orchestrator's schema.
+async fn migrated(label: &str) -> (TestDatabase, Db) {
+    let database = TestDatabase::new(label);
+    let db = database
+        .migrated(&checkout_orchestrator::MIGRATIONS)
+        .await
+        .unwrap();
+    (database, db)
 }
 
 async fn stored(db: &Db, n: usize) -> Vec<SagaRow> {
@@ -161,11 +171,7 @@ async fn refuse_poison(tx: &mut Tx) {
 // One test, phase by phase: the commit counter is process-wide.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_shares_transactions_and_isolates_failures() {
-    let database = TestDatabase::new("journal");
-    let db = database
-        .migrated(&checkout_orchestrator::MIGRATIONS)
-        .await
-        .unwrap();
+    let (_database, db) = migrated("journal").await;
     let journal = Journal::spawn(db.clone());
 
     // Many sagas' writes at once: every one stored, in far fewer commits than writes.
@@ -232,4 +238,84 @@ async fn group_commit_shares_transactions_and_isolates_failures() {
             assert_eq!((row.version, events, attempts), (2, 1, 1));
         }
     }
+}
+
+#[tokio::test]
+async fn on_postgres_a_journal_batch_is_one_round_trip() {
+    if testing::backend() != Backend::Postgres {
+        return;
+    }
+    let (database, db) = migrated("journal_round_trips").await;
+    let sagas = stored(&db, 4).await;
+    let round_trips = RoundTrips::count(&database).await;
+    let proxied = Db::connect(round_trips.url(), &PoolConfig::default())
+        .await
+        .unwrap();
+    let journal = Journal::spawn(proxied.clone());
+    // The first write prepares the statement on its connection (a round trip more).
+    journal.write(write_ahead(&sagas[0], "a")).await.unwrap();
+    let before = round_trips.settled().await;
+    for s in &sagas[1..] {
+        let saved = journal.write(write_ahead(s, "b")).await.unwrap();
+        assert!(matches!(saved, Saved::Written { .. }), "{saved:?}");
+    }
+    assert_eq!(
+        round_trips.settled().await - before,
+        3,
+        "one statement per batch: no BEGIN, no COMMIT, one statement for all four tables"
+    );
+    for s in &sagas {
+        let (row, events, attempts) = read(&db, &s.saga_id).await;
+        assert_eq!((row.version, events, attempts), (2, 1, 1), "{}", s.saga_id);
+    }
+    proxied.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_committed_while_a_write_waits_for_its_saga_keeps_both_in_the_timeline() {
+    let (_database, db) = migrated("journal_cancel_race").await;
+    let journal = Journal::spawn(db.clone());
+    let saga = stored(&db, 1).await.remove(0);
+    let now = now_millis();
+    // The cancel holds the saga's row (Postgres) or the writer's turn (SQLite) until it commits.
+    let mut cancel = db.begin().await.unwrap();
+    assert!(
+        store::request_cancel(&mut cancel, &saga.saga_id, now)
+            .await
+            .unwrap()
+    );
+    store::append_event(
+        &mut cancel,
+        &saga.saga_id,
+        "cancel_requested",
+        "",
+        "asked",
+        "running",
+        now,
+    )
+    .await
+    .unwrap();
+    let write = tokio::spawn({
+        let journal = journal.clone();
+        let write = write_ahead(&saga, "step");
+        async move { journal.write(write).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    cancel.commit().await.unwrap();
+    assert_eq!(
+        write.await.unwrap().unwrap(),
+        Saved::Written {
+            cancel_requested: true
+        }
+    );
+    let mut tx = db.begin_read().await.unwrap();
+    let events = store::events_after(&mut tx, &saga.saga_id, 0)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let timeline: Vec<(i64, &str)> = events
+        .iter()
+        .map(|e| (e.sequence, e.kind.as_str()))
+        .collect();
+    assert_eq!(timeline, [(1, "cancel_requested"), (2, "step_started")]);
 }

@@ -159,3 +159,108 @@ fn push_table(out: &mut String, table: &str, rows: Vec<String>) {
         let _ = writeln!(out, "{table}: {row}");
     }
 }
+
+/// A TCP proxy in front of a test database's Postgres server that counts the client's round
+/// trips: each `Sync` (which ends an extended-protocol exchange; sqlx's ping is a bare one) and
+/// each simple `Query` makes the client wait for the server's answer.
+#[derive(Debug)]
+pub struct RoundTrips {
+    url: String,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RoundTrips {
+    /// Starts the proxy for `database` (a Postgres one) on an ephemeral port.
+    pub async fn count(database: &TestDatabase) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        use tokio::net::{TcpListener, TcpStream};
+
+        // postgres://user@host:port/name: the proxy stands in for host:port.
+        let (scheme, rest) = database.url().split_once("://").expect("a URL");
+        let (authority, name) = rest.split_once('/').expect("a database name");
+        let (user, server) = authority.rsplit_once('@').expect("a user");
+        let server = if server.contains(':') {
+            server.to_owned()
+        } else {
+            format!("{server}:5432")
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = listener.local_addr().expect("bound").port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = count.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = TcpStream::connect(&server).await else {
+                    return;
+                };
+                let (from_client, mut to_client) = client.into_split();
+                let (mut from_server, to_server) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                tokio::spawn(count_messages(from_client, to_server, counter.clone()));
+            }
+        });
+        // In the clear, so the proxy can read the messages.
+        let url = format!("{scheme}://{user}@127.0.0.1:{port}/{name}?sslmode=disable");
+        Self { url, count }
+    }
+
+    /// The URL that connects through the proxy.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Round trips so far, read after a pause that lets anything a client sent after its last
+    /// answer (a ping on release) reach the proxy.
+    pub async fn settled(&self) -> usize {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Forwards the client's bytes, counting its `Sync` and `Query` messages.
+async fn count_messages(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut pending: Vec<u8> = Vec::new();
+    let mut started = false;
+    let mut chunk = [0_u8; 8192];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        loop {
+            // The startup message has no type byte; every later one has.
+            let at = usize::from(started);
+            if pending.len() < at + 4 {
+                break;
+            }
+            let len = u32::from_be_bytes([
+                pending[at],
+                pending[at + 1],
+                pending[at + 2],
+                pending[at + 3],
+            ]) as usize;
+            if pending.len() < at + len {
+                break;
+            }
+            if started && matches!(pending[0], b'S' | b'Q') {
+                round_trips.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            pending.drain(..at + len);
+            started = true;
+        }
+        // Counted before it is forwarded, so a count read after an answer includes it.
+        if to.write_all(&chunk[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -190,81 +190,10 @@ impl<DB: Database> Drop for Lease<DB> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-    use tokio::net::{TcpListener, TcpStream};
-
     use super::*;
     use crate::db::{Backend, Db, PoolConfig, Tx};
     use crate::on_backend;
-    use crate::testing::{self, TestDatabase};
-
-    /// A TCP proxy in front of the Postgres server that counts the client's round trips: each
-    /// `Sync` (which ends an extended-protocol exchange; sqlx's ping is a bare one) and each
-    /// simple `Query` makes the client wait for the server's answer.
-    async fn counting_proxy(server: String) -> (u16, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let round_trips = Arc::new(AtomicUsize::new(0));
-        let counter = round_trips.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let upstream = TcpStream::connect(&server).await.unwrap();
-                let (from_client, mut to_client) = client.into_split();
-                let (mut from_server, to_server) = upstream.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
-                });
-                tokio::spawn(count_messages(from_client, to_server, counter.clone()));
-            }
-        });
-        (port, round_trips)
-    }
-
-    /// Forwards the client's bytes, counting its `Sync` and `Query` messages.
-    async fn count_messages(
-        mut from: OwnedReadHalf,
-        mut to: OwnedWriteHalf,
-        round_trips: Arc<AtomicUsize>,
-    ) {
-        let mut pending: Vec<u8> = Vec::new();
-        let mut started = false;
-        let mut chunk = [0_u8; 8192];
-        loop {
-            let n = match from.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            pending.extend_from_slice(&chunk[..n]);
-            loop {
-                // The startup message has no type byte; every later one has.
-                let at = usize::from(started);
-                if pending.len() < at + 4 {
-                    break;
-                }
-                let len = u32::from_be_bytes([
-                    pending[at],
-                    pending[at + 1],
-                    pending[at + 2],
-                    pending[at + 3],
-                ]) as usize;
-                if pending.len() < at + len {
-                    break;
-                }
-                if started && matches!(pending[0], b'S' | b'Q') {
-                    round_trips.fetch_add(1, Ordering::SeqCst);
-                }
-                pending.drain(..at + len);
-                started = true;
-            }
-            // Counted before it is forwarded, so a count read after an answer includes it.
-            if to.write_all(&chunk[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
+    use crate::testing::{self, RoundTrips, TestDatabase};
 
     async fn select_one(tx: &mut Tx) {
         on_backend!(tx, conn => {
@@ -278,19 +207,10 @@ mod tests {
             return;
         }
         let database = TestDatabase::on(Backend::Postgres, "lease_round_trips");
-        // postgres://user@host:port/name: the proxy stands in for host:port.
-        let (scheme, rest) = database.url().split_once("://").unwrap();
-        let (authority, name) = rest.split_once('/').unwrap();
-        let (user, server) = authority.rsplit_once('@').unwrap();
-        let server = if server.contains(':') {
-            server.to_owned()
-        } else {
-            format!("{server}:5432")
-        };
-        let (port, round_trips) = counting_proxy(server).await;
-        // In the clear, so the proxy can read the messages.
-        let proxied = format!("{scheme}://{user}@127.0.0.1:{port}/{name}?sslmode=disable");
-        let db = Db::connect(&proxied, &PoolConfig::default()).await.unwrap();
+        let round_trips = RoundTrips::count(&database).await;
+        let db = Db::connect(round_trips.url(), &PoolConfig::default())
+            .await
+            .unwrap();
         let run = |db: Db| async move {
             let mut tx = db.begin().await.unwrap();
             select_one(&mut tx).await;
@@ -301,20 +221,22 @@ mod tests {
             let mut tx = db.single_read().await.unwrap();
             select_one(&mut tx).await;
             tx.commit().await.unwrap();
+            let mut tx = db.single_write().await.unwrap();
+            select_one(&mut tx).await;
+            tx.commit().await.unwrap();
         };
         // The first time prepares each statement (a round trip more).
         run(db.clone()).await;
-        let before = round_trips.load(Ordering::SeqCst);
+        let before = round_trips.settled().await;
         for _ in 0..10 {
             run(db.clone()).await;
         }
-        // Let anything sent after the last answer (a ping on release) reach the proxy.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let spent = round_trips.load(Ordering::SeqCst) - before;
+        // Settled: anything sent after the last answer (a ping on release) is counted.
+        let spent = round_trips.settled().await - before;
         assert_eq!(
             spent,
-            10 * (3 + 3 + 1),
-            "BEGIN, SELECT, COMMIT; BEGIN, SELECT, ROLLBACK; SELECT: nothing else"
+            10 * (3 + 3 + 1 + 1),
+            "BEGIN, SELECT, COMMIT; BEGIN, SELECT, ROLLBACK; SELECT; SELECT: nothing else"
         );
         db.close().await;
     }

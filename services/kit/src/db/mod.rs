@@ -335,6 +335,20 @@ impl Db {
         })
     }
 
+    /// A write that Postgres runs as one statement committing by itself: a pooled connection
+    /// outside any transaction, so no `BEGIN` and no `COMMIT` round trip (a statement is atomic
+    /// on its own). SQLite writes take their turn at the [`WriteGate`] whatever their size, so
+    /// there it is a write transaction as [`Db::begin`] gives, in which a caller whose SQLite
+    /// form takes several statements keeps them atomic. End it with [`Tx::commit`].
+    pub async fn single_write(&self) -> Result<Tx, DbError> {
+        match self {
+            Self::Sqlite(..) => self.begin().await,
+            Self::Postgres(pool, leases) => {
+                Ok(Tx::Postgres(PgTx::SingleWrite(leases.take(pool).await?)))
+            }
+        }
+    }
+
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match self {
@@ -401,6 +415,8 @@ pub enum PgTx {
     Transaction(Lease<Postgres>),
     /// No transaction: one read statement ([`Db::single_read`]).
     Single(Lease<Postgres>),
+    /// No transaction: one write statement that commits by itself ([`Db::single_write`]).
+    SingleWrite(Lease<Postgres>),
 }
 
 impl std::ops::Deref for PgTx {
@@ -408,7 +424,9 @@ impl std::ops::Deref for PgTx {
 
     fn deref(&self) -> &PgConnection {
         match self {
-            Self::Transaction(lease) | Self::Single(lease) => lease.conn_ref(),
+            Self::Transaction(lease) | Self::Single(lease) | Self::SingleWrite(lease) => {
+                lease.conn_ref()
+            }
         }
     }
 }
@@ -416,7 +434,9 @@ impl std::ops::Deref for PgTx {
 impl std::ops::DerefMut for PgTx {
     fn deref_mut(&mut self) -> &mut PgConnection {
         match self {
-            Self::Transaction(lease) | Self::Single(lease) => lease.conn(),
+            Self::Transaction(lease) | Self::Single(lease) | Self::SingleWrite(lease) => {
+                lease.conn()
+            }
         }
     }
 }
@@ -472,11 +492,17 @@ impl Tx {
             // Nothing was begun; the read was answered, so the connection is kept.
             Self::Sqlite(SqliteTx::Single(mut lease)) => lease.in_step(),
             Self::Postgres(PgTx::Single(mut lease)) => lease.in_step(),
+            // The statement committed when it was answered.
+            Self::Postgres(PgTx::SingleWrite(mut lease)) => {
+                lease.in_step();
+                count_commit();
+            }
         }
         Ok(())
     }
 
-    /// Discards the transaction's changes.
+    /// Discards the transaction's changes (on Postgres a [`Db::single_write`]'s statement has
+    /// committed once it was answered; this only hands the connection back).
     pub async fn rollback(self) -> Result<(), DbError> {
         match self {
             Self::Sqlite(SqliteTx::Read(mut lease)) => {
@@ -489,7 +515,11 @@ impl Tx {
                 lease.in_step();
             }
             Self::Sqlite(SqliteTx::Single(mut lease)) => lease.in_step(),
-            Self::Postgres(PgTx::Single(mut lease)) => lease.in_step(),
+            // A single write's statement, once answered, has committed: there is nothing left to
+            // discard, and the connection is in step.
+            Self::Postgres(PgTx::Single(mut lease) | PgTx::SingleWrite(mut lease)) => {
+                lease.in_step();
+            }
         }
         Ok(())
     }
