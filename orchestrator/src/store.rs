@@ -553,7 +553,8 @@ fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
 /// writes all go through one writer connection whose statement cache has room for a shape of
 /// every size, so a batch is one statement per table (each statement is a hand-off to the
 /// connection's thread). Postgres runs them on pooled connections, each with its own cache and
-/// server-side prepared statements, so there the runs are 64, 32, …, 1 rows: few shapes.
+/// server-side prepared statements, so there the runs are 64, 32, …, 1 rows: few shapes (its
+/// journal batches do not come here: they are one statement of arrays, [`save_batch`]).
 fn runs<T>(backend: Backend, mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
