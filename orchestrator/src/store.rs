@@ -422,6 +422,12 @@ fn saga_id<'a>(w: &BatchWrite<'a>) -> &'a str {
 /// another transaction holds; when that transaction appended events too (a cancel), the
 /// numbers collide, the primary key refuses the whole statement, and the journal's retry reads
 /// the timeline afresh.
+///
+/// The saga and step updates match their rows in a form Postgres cannot hash or merge-join
+/// (`= ANY` of a one-element array, `IS NOT DISTINCT FROM`), so their only plan is a nested
+/// loop over the primary key. With plain equalities the planner hash-joins a sequential scan of `sagas`
+/// while the table is young and unanalysed, and the connection's cached plan keeps that scan
+/// as the table grows: the batch then took 0.6 ms at 300 sagas and 1.2 ms at 1 000.
 const SAVE_BATCH_POSTGRES: &str = "\
     WITH w AS ( \
       SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
@@ -439,8 +445,9 @@ const SAVE_BATCH_POSTGRES: &str = "\
         lease_expires_at = CASE WHEN w.release THEN 0 ELSE w.lease_expires_at END, \
         version = sagas.version + 1, updated_at = w.updated_at \
       FROM w \
-      WHERE sagas.saga_id = w.saga_id AND sagas.version = w.version \
-        AND sagas.lease_owner = w.owner \
+      WHERE sagas.saga_id = ANY(ARRAY[w.saga_id]) \
+        AND sagas.version IS NOT DISTINCT FROM w.version \
+        AND sagas.lease_owner IS NOT DISTINCT FROM w.owner \
         AND (sagas.cancel_requested = FALSE OR w.require_no_cancel = FALSE) \
       RETURNING sagas.saga_id, sagas.cancel_requested \
     ), steps AS ( \
@@ -453,7 +460,8 @@ const SAVE_BATCH_POSTGRES: &str = "\
         $22::int8[], $23::int8[], $24::bool[]) \
         AS x(saga_id, step_index, status, forward_attempts, compensation_attempts, \
           forward_retry_base, compensation_retry_base, may_have_applied) \
-      WHERE saga_steps.saga_id = x.saga_id AND saga_steps.step_index = x.step_index \
+      WHERE saga_steps.saga_id = ANY(ARRAY[x.saga_id]) \
+        AND saga_steps.step_index IS NOT DISTINCT FROM x.step_index \
         AND x.saga_id IN (SELECT saga_id FROM s) \
     ), attempts AS ( \
       INSERT INTO saga_attempts (saga_id, step_index, direction, number, request_id, \
@@ -1193,6 +1201,46 @@ mod tests {
             .await
             .unwrap();
         tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn on_postgres_the_journal_batch_plan_finds_sagas_and_steps_by_key_on_a_young_table() {
+        if checkout_kit::testing::backend() != Backend::Postgres {
+            return;
+        }
+        let database = TestDatabase::new("batch_plan");
+        let db = database.migrated(&crate::MIGRATIONS).await.unwrap();
+        let Tx::Postgres(mut conn) = db.single_read().await.unwrap() else {
+            unreachable!("a Postgres database")
+        };
+        // The plan a connection caches after a batch's first executions, made while the tables
+        // are empty: the case where the planner takes a sequential scan for the cheapest.
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(&format!("PREPARE batch AS {SAVE_BATCH_POSTGRES}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let args: Vec<&str> = (1..=41)
+            .map(|n| if n == 35 { "0" } else { "'{}'" })
+            .collect();
+        let plan: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN EXECUTE batch({})", args.join(", ")))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        let plan = plan.join("\n");
+        for table in ["sagas", "saga_steps"] {
+            assert!(
+                plan.contains(&format!("Index Scan using {table}_pkey on {table}")),
+                "{table}:\n{plan}"
+            );
+        }
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        drop(conn);
+        db.close().await;
     }
 
     #[tokio::test]
