@@ -386,3 +386,99 @@ impl PaymentProcessor for SimulatedProcessor {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use checkout_kit::testing::TestDatabase;
+
+    use super::*;
+
+    fn declined<T: std::fmt::Debug>(result: Result<T, ProcessorError>) -> String {
+        match result {
+            Err(ProcessorError::Declined(code)) => code,
+            other => panic!("expected a decline, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn on_postgres_the_books_are_read_by_index_on_a_young_table() {
+        if checkout_kit::testing::backend() != checkout_kit::db::Backend::Postgres {
+            return;
+        }
+        let database = TestDatabase::new("books_plan");
+        let db = database.migrated(&crate::MIGRATIONS).await.unwrap();
+        let Tx::Postgres(mut conn) = db.single_read().await.unwrap() else {
+            unreachable!("a Postgres database")
+        };
+        // The plan a connection caches after a statement's first runs, made on an empty table.
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let prepare = format!("PREPARE books AS {}", storage::processor_books_sql());
+        sqlx::raw_sql(&prepare).execute(&mut *conn).await.unwrap();
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE books('a', 'b')")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        drop(conn);
+        db.close().await;
+    }
+
+    /// Every decision reads the books: the call's own records (a repeat answers as the first
+    /// time did) and its authorization's (what was authorized, captured, refunded, voided).
+    #[tokio::test]
+    async fn the_books_answer_repeats_and_bound_captures_refunds_and_voids() {
+        let database = TestDatabase::new("processor_books");
+        let db = database.migrated(&crate::MIGRATIONS).await.unwrap();
+        let processor = SimulatedProcessor::new(db.clone());
+
+        let auth = processor
+            .authorize("auth-1", tokens::VISA, 500, "EUR")
+            .await
+            .unwrap();
+        let again = processor
+            .authorize("auth-1", tokens::VISA, 500, "EUR")
+            .await
+            .unwrap();
+        assert_eq!(auth, again, "a repeated key gets the first answer");
+
+        let over = processor.capture("cap-over", "auth-1", 501).await;
+        assert_eq!(declined(over), "amount_exceeds_authorization");
+        let missing = processor.capture("cap-none", "auth-none", 1).await;
+        assert_eq!(declined(missing), "authorization_not_found");
+        let capture = processor.capture("cap-1", "auth-1", 300).await.unwrap();
+        let repeat = processor.capture("cap-1", "auth-1", 300).await.unwrap();
+        assert_eq!(capture, repeat);
+
+        let refund = processor.refund("ref-over", "auth-1", 301).await;
+        assert_eq!(declined(refund), "amount_exceeds_capture");
+        processor.refund("ref-1", "auth-1", 200).await.unwrap();
+        let refund = processor.refund("ref-2", "auth-1", 101).await;
+        assert_eq!(declined(refund), "amount_exceeds_capture");
+        processor.refund("ref-3", "auth-1", 100).await.unwrap();
+
+        let void = processor.void("auth-1").await;
+        assert_eq!(declined(void), "already_captured");
+
+        // A void before the authorization refuses the authorization when it comes.
+        processor.void("auth-2").await.unwrap();
+        let late = processor
+            .authorize("auth-2", tokens::VISA, 500, "EUR")
+            .await;
+        assert_eq!(declined(late), "authorization_voided");
+        processor
+            .authorize("auth-3", tokens::VISA, 500, "EUR")
+            .await
+            .unwrap();
+        processor.void("auth-3").await.unwrap();
+        let after_void = processor.capture("cap-3", "auth-3", 100).await;
+        assert_eq!(declined(after_void), "authorization_voided");
+
+        let records = processor.records().await.unwrap();
+        assert_eq!(records.len(), 12, "{records:#?}");
+        db.close().await;
+    }
+}
