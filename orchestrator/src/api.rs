@@ -20,7 +20,7 @@ use crate::changes::Watch;
 use crate::checkout_saga::{CheckoutInput, SAGA_TYPE};
 use crate::runner::{Engine, WriteAhead};
 use crate::saga::machine::{Direction, SagaStatus};
-use crate::store::{self, EventRow, NewEvent, SagaRow, SagaView};
+use crate::store::{self, AttemptRow, EventRow, NewEvent, SagaRow, SagaView};
 use crate::view;
 
 const START: &str = "/checkout.checkout.v1.CheckoutService/StartCheckout";
@@ -243,31 +243,26 @@ impl CheckoutService for CheckoutApi {
             // The first step's write-ahead goes with the saga: one durable write fewer.
             let first = self.engine.first_write_ahead(&mut saga);
             let steps = first.as_ref().map_or_else(Vec::new, |f| f.steps.clone());
-            store::insert_saga(tx, &saga, &steps)
-                .await
-                .map_err(db_status)?;
             let accepted = NewEvent {
                 kind: "accepted",
                 step: String::new(),
                 message: "checkout accepted".to_owned(),
                 status: saga.status.clone(),
             };
-            let mut events = vec![(saga.saga_id.as_str(), &accepted)];
+            let mut events = vec![&accepted];
             let mut attempts = Vec::new();
             if let Some(first) = &first {
-                store::record_attempts(tx, &[(saga.saga_id.as_str(), &first.attempt)])
-                    .await
-                    .map_err(db_status)?;
-                events.push((saga.saga_id.as_str(), &first.event));
+                events.push(&first.event);
                 attempts.push(first.attempt.clone());
             }
-            store::append_events(tx, &events, now)
+            let attempt_rows: Vec<&AttemptRow> = attempts.iter().collect();
+            store::insert_saga(tx, &saga, &steps, &attempt_rows, &events, now)
                 .await
                 .map_err(db_status)?;
             let timeline: Vec<EventRow> = events
                 .iter()
                 .zip(1..)
-                .map(|((_, e), sequence)| EventRow {
+                .map(|(e, sequence)| EventRow {
                     sequence,
                     at: now,
                     kind: e.kind.to_owned(),

@@ -133,38 +133,26 @@ const SAGA_COLUMNS: &str = "saga_id, saga_type, cart_id, customer_id, status, di
      cancel_requested, pivot_started, deadline_at, next_attempt_at, lease_owner, \
      lease_expires_at, version, trace_context, created_at, updated_at";
 
-/// Inserts a new saga and its steps.
-pub async fn insert_saga(tx: &mut Tx, s: &SagaRow, rows: &[StepRow]) -> Result<(), DbError> {
+/// Inserts a new saga with its steps, the first step's write-ahead attempt (if any) and the
+/// opening events of its timeline (numbered from 1). On Postgres that is one statement; on
+/// SQLite, whose writes take their turn at the gate whatever their size, one per table.
+pub async fn insert_saga(
+    tx: &mut Tx,
+    s: &SagaRow,
+    rows: &[StepRow],
+    attempts: &[&AttemptRow],
+    events: &[&NewEvent],
+    at: i64,
+) -> Result<(), DbError> {
+    if let Tx::Postgres(conn) = tx {
+        return insert_saga_in_one_statement(conn, s, rows, attempts, events, at).await;
+    }
     let sql = format!(
         "INSERT INTO sagas ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
          $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     );
     on_backend!(tx, conn => {
-        sqlx::query(&sql)
-            .bind(&s.saga_id)
-            .bind(&s.saga_type)
-            .bind(&s.cart_id)
-            .bind(&s.customer_id)
-            .bind(&s.status)
-            .bind(&s.direction)
-            .bind(s.step_index)
-            .bind(&s.input)
-            .bind(&s.outputs)
-            .bind(&s.failure_reason)
-            .bind(&s.failure_message)
-            .bind(&s.failure_step)
-            .bind(s.cancel_requested)
-            .bind(s.pivot_started)
-            .bind(s.deadline_at)
-            .bind(s.next_attempt_at)
-            .bind(&s.lease_owner)
-            .bind(s.lease_expires_at)
-            .bind(s.version)
-            .bind(&s.trace_context)
-            .bind(s.created_at)
-            .bind(s.updated_at)
-            .execute(&mut *conn)
-            .await?;
+        bind_saga(sqlx::query(&sql), s).execute(&mut *conn).await?;
     });
     let sql = format!(
         "INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
@@ -188,6 +176,114 @@ pub async fn insert_saga(tx: &mut Tx, s: &SagaRow, rows: &[StepRow]) -> Result<(
         }
         q.execute(&mut *conn).await?;
     });
+    if !attempts.is_empty() {
+        let attempts: Vec<(&str, &AttemptRow)> =
+            attempts.iter().map(|a| (s.saga_id.as_str(), *a)).collect();
+        record_attempts(tx, &attempts).await?;
+    }
+    if !events.is_empty() {
+        let events: Vec<(&str, &NewEvent)> =
+            events.iter().map(|e| (s.saga_id.as_str(), *e)).collect();
+        append_events(tx, &events, at).await?;
+    }
+    Ok(())
+}
+
+/// Binds a saga row's columns, in [`SAGA_COLUMNS`] order, as `$1` to `$22`.
+fn bind_saga<'q, DB: sqlx::Database>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    s: &'q SagaRow,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(&s.saga_id)
+        .bind(&s.saga_type)
+        .bind(&s.cart_id)
+        .bind(&s.customer_id)
+        .bind(&s.status)
+        .bind(&s.direction)
+        .bind(s.step_index)
+        .bind(&s.input)
+        .bind(&s.outputs)
+        .bind(&s.failure_reason)
+        .bind(&s.failure_message)
+        .bind(&s.failure_step)
+        .bind(s.cancel_requested)
+        .bind(s.pivot_started)
+        .bind(s.deadline_at)
+        .bind(s.next_attempt_at)
+        .bind(&s.lease_owner)
+        .bind(s.lease_expires_at)
+        .bind(s.version)
+        .bind(&s.trace_context)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+}
+
+/// A new saga on Postgres: the saga insert and, as data-modifying CTEs joined to its result,
+/// the steps, attempts and events inserts, each table's rows as one array per column.
+static INSERT_SAGA_POSTGRES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH s AS ( \
+           INSERT INTO sagas ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+           RETURNING saga_id \
+         ), steps AS ( \
+           INSERT INTO saga_steps (saga_id, step_index, name, status, forward_attempts, \
+             compensation_attempts, forward_retry_base, compensation_retry_base, \
+             may_have_applied) \
+           SELECT s.saga_id, x.* FROM s, UNNEST($23::int8[], $24::text[], $25::text[], \
+             $26::int8[], $27::int8[], $28::int8[], $29::int8[], $30::bool[]) AS x \
+         ), attempts AS ( \
+           INSERT INTO saga_attempts (saga_id, step_index, direction, number, request_id, \
+             outcome, status_code, message, started_at, ended_at) \
+           SELECT s.saga_id, y.* FROM s, UNNEST($31::int8[], $32::text[], $33::int8[], \
+             $34::text[], $35::text[], $36::text[], $37::text[], $38::int8[], $39::int8[]) AS y \
+         ) \
+         INSERT INTO saga_events (saga_id, sequence, at, kind, step, message, status) \
+         SELECT s.saga_id, z.sequence, $40::int8, z.kind, z.step, z.message, z.status \
+         FROM s, UNNEST($41::text[], $42::text[], $43::text[], $44::text[]) \
+           WITH ORDINALITY AS z(kind, step, message, status, sequence)"
+    )
+});
+
+async fn insert_saga_in_one_statement(
+    conn: &mut checkout_kit::db::PgTx,
+    s: &SagaRow,
+    rows: &[StepRow],
+    attempts: &[&AttemptRow],
+    events: &[&NewEvent],
+    at: i64,
+) -> Result<(), DbError> {
+    bind_saga(sqlx::query(INSERT_SAGA_POSTGRES.as_str()), s)
+        .bind(column(rows, |r| r.step_index))
+        .bind(column(rows, |r| r.name.as_str()))
+        .bind(column(rows, |r| r.status.as_str()))
+        .bind(column(rows, |r| r.forward_attempts))
+        .bind(column(rows, |r| r.compensation_attempts))
+        .bind(column(rows, |r| r.forward_retry_base))
+        .bind(column(rows, |r| r.compensation_retry_base))
+        .bind(column(rows, |r| r.may_have_applied))
+        .bind(column(attempts, |a| a.step_index))
+        .bind(column(attempts, |a| a.direction.as_str()))
+        .bind(column(attempts, |a| a.number))
+        .bind(column(attempts, |a| a.request_id.as_str()))
+        .bind(column(attempts, |a| a.outcome.as_str()))
+        .bind(column(attempts, |a| a.status_code.as_str()))
+        .bind(column(attempts, |a| a.message.as_str()))
+        .bind(column(attempts, |a| a.started_at))
+        .bind(column(attempts, |a| a.ended_at))
+        .bind(at)
+        .bind(column(events, |e| e.kind))
+        .bind(column(events, |e| e.step.as_str()))
+        .bind(column(events, |e| e.message.as_str()))
+        .bind(column(events, |e| e.status.as_str()))
+        .execute(&mut **conn)
+        .await?;
     Ok(())
 }
 

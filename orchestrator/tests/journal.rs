@@ -1,5 +1,6 @@
 //! The journal's group commit: concurrent sagas' writes share transactions, a fenced-off write
-//! leaves its neighbours stored, and a write the database refuses fails alone.
+//! leaves its neighbours stored, and a write the database refuses fails alone. Also how a new
+//! saga is stored.
 
 use checkout_kit::db::{self, Backend, Db, PoolConfig, Tx, now_millis};
 use checkout_kit::testing::{self, RoundTrips, TestDatabase};
@@ -65,7 +66,9 @@ async fn stored(db: &Db, n: usize) -> Vec<SagaRow> {
                 may_have_applied: false,
             })
             .collect();
-        store::insert_saga(&mut tx, &s, &steps).await.unwrap();
+        store::insert_saga(&mut tx, &s, &steps, &[], &[], 0)
+            .await
+            .unwrap();
         sagas.push(s);
     }
     tx.commit().await.unwrap();
@@ -318,4 +321,81 @@ async fn a_cancel_committed_while_a_write_waits_for_its_saga_keeps_both_in_the_t
         .map(|e| (e.sequence, e.kind.as_str()))
         .collect();
     assert_eq!(timeline, [(1, "cancel_requested"), (2, "step_started")]);
+}
+
+#[tokio::test]
+async fn a_new_saga_is_stored_with_its_first_attempt_and_events_in_one_statement_on_postgres() {
+    let (database, db) = migrated("new_saga").await;
+    let proxy = match testing::backend() {
+        Backend::Postgres => Some(RoundTrips::count(&database).await),
+        Backend::Sqlite => None,
+    };
+    let via = match &proxy {
+        Some(proxy) => Db::connect(proxy.url(), &PoolConfig::default())
+            .await
+            .unwrap(),
+        None => db.clone(),
+    };
+    let first = write_ahead(&saga(0), "unused");
+    let attempt = first.started.clone().unwrap();
+    let accepted = NewEvent {
+        kind: "accepted",
+        step: String::new(),
+        message: "checkout accepted".to_owned(),
+        status: "running".to_owned(),
+    };
+    let mut round_trips = Vec::new();
+    for i in 0..2 {
+        let s = saga(i);
+        let before = match &proxy {
+            Some(proxy) => proxy.settled().await,
+            None => 0,
+        };
+        let mut tx = via.begin().await.unwrap();
+        store::insert_saga(
+            &mut tx,
+            &s,
+            &first.steps,
+            &[&attempt],
+            &[&accepted, &first.events[0]],
+            1_234,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        if let Some(proxy) = &proxy {
+            round_trips.push(proxy.settled().await - before);
+        }
+
+        let mut read = db.single_read().await.unwrap();
+        let view = store::saga_view(&mut read, &s.saga_id)
+            .await
+            .unwrap()
+            .unwrap();
+        read.rollback().await.unwrap();
+        assert_eq!(view.saga, s);
+        assert_eq!(view.steps, first.steps);
+        assert_eq!(view.attempts, vec![attempt.clone()]);
+        let timeline: Vec<(i64, i64, &str, &str)> = view
+            .events
+            .iter()
+            .map(|e| (e.sequence, e.at, e.kind.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            timeline,
+            vec![
+                (1, 1_234, "accepted", "checkout accepted"),
+                (2, 1_234, "step_started", "unused")
+            ]
+        );
+    }
+    if proxy.is_some() {
+        // The first one prepares the statement on its connection: a round trip more.
+        assert_eq!(
+            round_trips[1], 3,
+            "BEGIN, one statement for all four tables, COMMIT"
+        );
+    }
+    via.close().await;
+    db.close().await;
 }
