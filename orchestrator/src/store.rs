@@ -1306,28 +1306,14 @@ mod tests {
         }
         let database = TestDatabase::new("batch_plan");
         let db = database.migrated(&crate::MIGRATIONS).await.unwrap();
-        let Tx::Postgres(mut conn) = db.single_read().await.unwrap() else {
-            unreachable!("a Postgres database")
-        };
-        // The plan a connection caches after a batch's first executions, made while the tables
-        // are empty: the case where the planner takes a sequential scan for the cheapest.
-        sqlx::query("SET plan_cache_mode = force_generic_plan")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        sqlx::raw_sql(&format!("PREPARE batch AS {SAVE_BATCH_POSTGRES}"))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+        // Made while the tables are empty: the case where the planner takes a sequential scan
+        // for the cheapest.
         let args: Vec<&str> = (1..=41)
             .map(|n| if n == 35 { "0" } else { "'{}'" })
             .collect();
-        let plan: Vec<String> =
-            sqlx::query_scalar(&format!("EXPLAIN EXECUTE batch({})", args.join(", ")))
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap();
-        let plan = plan.join("\n");
+        let plan = checkout_kit::testing::generic_plan(&db, SAVE_BATCH_POSTGRES, &args)
+            .await
+            .unwrap();
         for table in ["sagas", "saga_steps"] {
             assert!(
                 plan.contains(&format!("Index Scan using {table}_pkey on {table}")),
@@ -1335,7 +1321,6 @@ mod tests {
             );
         }
         assert!(!plan.contains("Seq Scan"), "{plan}");
-        drop(conn);
         db.close().await;
     }
 

@@ -100,6 +100,29 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The generic plan a Postgres connection caches for `sql` after its first runs, made on the
+/// tables as they are now (`plan_cache_mode = force_generic_plan`, then `EXPLAIN EXECUTE` with
+/// the SQL literals `args`), one plan node a line. On a young table this is where a sequential
+/// scan the planner would keep as the table grows shows up.
+pub async fn generic_plan(db: &Db, sql: &str, args: &[&str]) -> Result<String, DbError> {
+    let crate::db::Tx::Postgres(mut conn) = db.single_read().await? else {
+        panic!("generic plans are a Postgres matter");
+    };
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::raw_sql(&format!("PREPARE planned AS {sql}"))
+        .execute(&mut *conn)
+        .await?;
+    let plan: Vec<String> =
+        sqlx::query_scalar(&format!("EXPLAIN EXECUTE planned({})", args.join(", ")))
+            .fetch_all(&mut *conn)
+            .await?;
+    // The session settings and the prepared statement leave with the connection.
+    drop(conn);
+    Ok(plan.join("\n"))
+}
+
 /// Every row of every table of `db` as text, tables and rows in a fixed order: two snapshots are
 /// equal exactly when no stored state changed (tests of requests that must change nothing).
 pub async fn snapshot(db: &Db) -> Result<String, DbError> {

@@ -407,23 +407,12 @@ mod tests {
         }
         let database = TestDatabase::new("books_plan");
         let db = database.migrated(&crate::MIGRATIONS).await.unwrap();
-        let Tx::Postgres(mut conn) = db.single_read().await.unwrap() else {
-            unreachable!("a Postgres database")
-        };
-        // The plan a connection caches after a statement's first runs, made on an empty table.
-        sqlx::query("SET plan_cache_mode = force_generic_plan")
-            .execute(&mut *conn)
+        // Made on an empty table.
+        let sql = storage::processor_books_sql();
+        let plan = checkout_kit::testing::generic_plan(&db, &sql, &["'a'", "'b'"])
             .await
             .unwrap();
-        let prepare = format!("PREPARE books AS {}", storage::processor_books_sql());
-        sqlx::raw_sql(&prepare).execute(&mut *conn).await.unwrap();
-        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE books('a', 'b')")
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
         assert!(!plan.contains("Seq Scan"), "{plan}");
-        drop(conn);
         db.close().await;
     }
 
