@@ -709,6 +709,36 @@ mod tests {
         db.close().await;
     }
 
+    /// The bundled SQLite is built with the options of `.cargo/config.toml`: no global
+    /// allocation statistics and per-connection page caches, so that no two connections'
+    /// threads meet at a process-wide mutex on every allocation and page fetch.
+    #[tokio::test]
+    async fn sqlite_is_built_without_allocation_statistics_or_a_shared_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/x.db", dir.path().display());
+        let db = Db::connect(&url, &PoolConfig::default()).await.unwrap();
+        let mut tx = db.single_read().await.unwrap();
+        let options: Vec<String> = on_backend!(&mut tx, conn => {
+            sqlx::query_scalar("PRAGMA compile_options").fetch_all(&mut *conn).await.unwrap()
+        });
+        tx.rollback().await.unwrap();
+        db.close().await;
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        // The options that keep commits durable and the schema checked are still there.
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_FOREIGN_KEYS"),
+            "{options:?}"
+        );
+        assert!(options.iter().any(|o| o == "THREADSAFE=1"), "{options:?}");
+    }
+
     /// Polls `fut` until it is ready or has waited `waits` times, then drops it: a caller
     /// whose deadline fires at each await point in turn.
     async fn cancelled_after<F: std::future::Future>(fut: F, waits: usize) -> Option<F::Output> {
