@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use checkout_kit::db::Db;
+use checkout_kit::db::{Backend, Db, now_millis};
 use checkout_kit::idempotency::{Idempotency, Key};
 use checkout_kit::idempotent;
 use checkout_kit::server::{GrpcServer, ServerLimits};
@@ -16,7 +16,7 @@ use checkout_proto::fulfillment::*;
 use tonic::{Request, Response, Status};
 
 use crate::address::{self, ServedCountries};
-use crate::shipments;
+use crate::{shipments, storage};
 
 const CREATE_SHIPMENTS: &str = "/checkout.fulfillment.v1.FulfillmentService/CreateShipments";
 const CANCEL_SHIPMENTS: &str = "/checkout.fulfillment.v1.FulfillmentService/CancelShipments";
@@ -89,6 +89,27 @@ impl FulfillmentService for FulfillmentServiceApi {
         v.finish()?;
         let key = Key::new(CREATE_SHIPMENTS, &req)?;
         let address = req.address.clone().unwrap_or_default();
+        // The common case on Postgres, a first create of a served checkout, is one round trip;
+        // anything else (a repeat, a known checkout, a refusal, SQLite) goes the usual way.
+        if self.db.backend() == Backend::Postgres && self.served.serves(&address.country_code) {
+            let now = now_millis();
+            let planned = shipments::plan(&req.checkout_id, &req.allocations, &address, now);
+            let response = CreateShipmentsResponse {
+                shipments: planned.answer(),
+            };
+            if storage::create_in_one_statement(
+                &self.idempotency,
+                &key,
+                &response,
+                &req.checkout_id,
+                &planned.shipments,
+                now,
+            )
+            .await?
+            {
+                return Ok(Response::new(response));
+            }
+        }
         idempotent!(self.idempotency, key, |tx| {
             shipments::create(
                 tx,

@@ -152,44 +152,76 @@ pub async fn create(
         }
         return Ok(existing);
     }
-    // Answered from what is written, in the order the reads give (byte order of warehouse
-    // and sku, as the map iterates), instead of reading it all back.
-    let mut created = Vec::new();
-    for (warehouse_id, lines) in by_warehouse(allocations) {
-        let row = ShipmentRow {
-            shipment_id: uuid::Uuid::now_v7().to_string(),
-            checkout_id: checkout_id.to_owned(),
-            warehouse_id,
-            status: PENDING.to_owned(),
-            tracking_number: String::new(),
-            recipient_name: address.recipient_name.clone(),
-            line1: address.line1.clone(),
-            line2: address.line2.clone(),
-            city: address.city.clone(),
-            region: address.region.clone(),
-            postal_code: address.postal_code.clone(),
-            country_code: address.country_code.clone(),
-            phone: address.phone.clone(),
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
-        storage::insert_shipment(tx, &row).await?;
-        let lines: Vec<LineRow> = lines
-            .into_iter()
-            .map(|(sku, quantity)| LineRow { sku, quantity })
-            .collect();
-        for line in &lines {
+    let planned = plan(checkout_id, allocations, address, now);
+    for (row, lines) in &planned.shipments {
+        storage::insert_shipment(tx, row).await?;
+        for line in lines {
             storage::insert_line(tx, &row.shipment_id, line).await?;
         }
         storage::append_event(tx, &row.shipment_id, PENDING, now).await?;
-        let events = vec![EventRow {
-            status: PENDING.to_owned(),
-            at: now,
-        }];
-        created.push(shipment(&row, lines, events));
     }
-    Ok(created)
+    Ok(planned.answer())
+}
+
+/// What the first create of a checkout writes: one shipment per warehouse of the allocations,
+/// each with its lines, at `now`.
+#[derive(Debug)]
+pub struct Planned {
+    /// The shipments with their lines, in byte order of warehouse and sku.
+    pub shipments: Vec<(ShipmentRow, Vec<LineRow>)>,
+    /// When they are created; each has one `pending` event at this time.
+    pub now: i64,
+}
+
+impl Planned {
+    /// The shipments as the create answers them. Answered from what is written, in the order
+    /// the reads give (byte order of warehouse and sku, as the map iterates), instead of
+    /// reading it all back.
+    pub fn answer(&self) -> Vec<Shipment> {
+        self.shipments
+            .iter()
+            .map(|(row, lines)| {
+                let events = vec![EventRow {
+                    status: PENDING.to_owned(),
+                    at: self.now,
+                }];
+                shipment(row, lines.clone(), events)
+            })
+            .collect()
+    }
+}
+
+/// The shipments a first create of the checkout writes, with fresh ids.
+pub fn plan(checkout_id: &str, allocations: &[Allocation], address: &Address, now: i64) -> Planned {
+    let shipments = by_warehouse(allocations)
+        .into_iter()
+        .map(|(warehouse_id, lines)| {
+            let row = ShipmentRow {
+                shipment_id: uuid::Uuid::now_v7().to_string(),
+                checkout_id: checkout_id.to_owned(),
+                warehouse_id,
+                status: PENDING.to_owned(),
+                tracking_number: String::new(),
+                recipient_name: address.recipient_name.clone(),
+                line1: address.line1.clone(),
+                line2: address.line2.clone(),
+                city: address.city.clone(),
+                region: address.region.clone(),
+                postal_code: address.postal_code.clone(),
+                country_code: address.country_code.clone(),
+                phone: address.phone.clone(),
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            };
+            let lines = lines
+                .into_iter()
+                .map(|(sku, quantity)| LineRow { sku, quantity })
+                .collect();
+            (row, lines)
+        })
+        .collect();
+    Planned { shipments, now }
 }
 
 /// Cancels a checkout's shipments while none has shipped; before any create it records a

@@ -1,8 +1,12 @@
 //! Every SQL statement of the fulfillment service, portable across SQLite and Postgres. Each
 //! runs in the caller's transaction.
 
+use std::sync::LazyLock;
+
 use checkout_kit::db::{DbError, Tx};
+use checkout_kit::idempotency::{Idempotency, Key, in_one_statement_sql};
 use checkout_kit::on_backend;
+use checkout_proto::fulfillment::CreateShipmentsResponse;
 
 /// A shipment with its address.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -78,6 +82,79 @@ pub async fn claim_checkout(tx: &mut Tx, checkout_id: &str, now: i64) -> Result<
         .rows_affected()
     });
     Ok(n == 1)
+}
+
+/// On Postgres, the first create of a checkout as one statement with its idempotency key
+/// (`Idempotency::in_one_statement`): the checkout's record, its shipments, their lines and
+/// each one's `pending` event. Plain inserts: if the checkout has a record already, a unique
+/// key refuses the statement and none of it is written.
+static CREATE_IN_ONE_STATEMENT: LazyLock<String> = LazyLock::new(|| {
+    in_one_statement_sql(&format!(
+        "checkout AS ( \
+           INSERT INTO fulfillment_checkouts (checkout_id, state, updated_at) \
+           VALUES ($10, 'created', $11) \
+         ), shipment AS ( \
+           INSERT INTO shipments ({SHIPMENT_COLUMNS}) \
+           SELECT * FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], \
+             $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], \
+             $22::text[], $23::text[], $24::text[], $25::int8[], $26::int8[], $27::int8[]) \
+         ), line AS ( \
+           INSERT INTO shipment_lines (shipment_id, sku, quantity) \
+           SELECT * FROM UNNEST($28::text[], $29::text[], $30::int8[]) \
+         ) \
+         INSERT INTO shipment_events (shipment_id, sequence, status, at) \
+         SELECT e.shipment_id, 1, e.status, $11 FROM UNNEST($12::text[], $15::text[]) \
+           AS e(shipment_id, status)"
+    ))
+});
+
+/// Writes the first create of a checkout and its answer with the request's key in one
+/// statement on Postgres; false when nothing was written (on SQLite, or when the checkout or
+/// the key is known already), and the request goes the usual way.
+pub async fn create_in_one_statement(
+    idempotency: &Idempotency,
+    key: &Key,
+    answer: &CreateShipmentsResponse,
+    checkout_id: &str,
+    shipments: &[(ShipmentRow, Vec<LineRow>)],
+    now: i64,
+) -> Result<bool, tonic::Status> {
+    let rows: Vec<&ShipmentRow> = shipments.iter().map(|(row, _)| row).collect();
+    let lines: Vec<(&str, &LineRow)> = shipments
+        .iter()
+        .flat_map(|(row, lines)| lines.iter().map(|l| (row.shipment_id.as_str(), l)))
+        .collect();
+    idempotency
+        .in_one_statement(key, answer, CREATE_IN_ONE_STATEMENT.as_str(), |query| {
+            query
+                .bind(checkout_id)
+                .bind(now)
+                .bind(column(&rows, |r| r.shipment_id.as_str()))
+                .bind(column(&rows, |r| r.checkout_id.as_str()))
+                .bind(column(&rows, |r| r.warehouse_id.as_str()))
+                .bind(column(&rows, |r| r.status.as_str()))
+                .bind(column(&rows, |r| r.tracking_number.as_str()))
+                .bind(column(&rows, |r| r.recipient_name.as_str()))
+                .bind(column(&rows, |r| r.line1.as_str()))
+                .bind(column(&rows, |r| r.line2.as_str()))
+                .bind(column(&rows, |r| r.city.as_str()))
+                .bind(column(&rows, |r| r.region.as_str()))
+                .bind(column(&rows, |r| r.postal_code.as_str()))
+                .bind(column(&rows, |r| r.country_code.as_str()))
+                .bind(column(&rows, |r| r.phone.as_str()))
+                .bind(column(&rows, |r| r.version))
+                .bind(column(&rows, |r| r.created_at))
+                .bind(column(&rows, |r| r.updated_at))
+                .bind(column(&lines, |(id, _)| *id))
+                .bind(column(&lines, |(_, l)| l.sku.as_str()))
+                .bind(column(&lines, |(_, l)| l.quantity))
+        })
+        .await
+}
+
+/// One column of rows, as an array parameter.
+fn column<'a, R, T>(rows: &'a [R], f: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
 }
 
 /// Marks a checkout cancelled (a tombstone if nothing was created); returns its state after.

@@ -470,3 +470,86 @@ async fn a_cancel_racing_a_ship_has_exactly_one_winner() {
         }
     }
 }
+
+#[tokio::test]
+async fn on_postgres_a_first_create_is_one_round_trip_and_every_other_goes_the_usual_way() {
+    use checkout_kit::db::{Backend, Db, PoolConfig};
+    use checkout_kit::testing::{self, RoundTrips};
+
+    if testing::backend() != Backend::Postgres {
+        return;
+    }
+    let database = TestDatabase::new("fulfillment_one_statement");
+    database
+        .migrated(&checkout_fulfillment::MIGRATIONS)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let round_trips = RoundTrips::count(&database).await;
+    let db = Db::connect(round_trips.url(), &PoolConfig::default())
+        .await
+        .unwrap();
+    let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
+    let h = Harness {
+        api: FulfillmentServiceApi::new(db, idempotency, ServedCountries::parse("US,DE").unwrap()),
+        _database: database,
+    };
+    // The first create prepares the statement on its connection.
+    h.create(&rid()).await.unwrap();
+
+    let (checkout, request) = (rid(), rid());
+    let allocations = vec![alloc("A", "east", 2), alloc("B", "west", 1)];
+    let before = round_trips.settled().await;
+    let created = h
+        .create_with(&request, &checkout, allocations.clone(), address("DE"))
+        .await
+        .unwrap();
+    assert_eq!(
+        round_trips.settled().await - before,
+        1,
+        "no BEGIN, no COMMIT: the checkout, shipments, lines, events and key in one statement"
+    );
+    assert_eq!(created.len(), 2);
+    assert_eq!(
+        h.get(&checkout).await,
+        created,
+        "the answer is what was stored"
+    );
+
+    // A repeat replays it, and another request for the same checkout gets the same shipments.
+    let again = h
+        .create_with(&request, &checkout, allocations.clone(), address("DE"))
+        .await
+        .unwrap();
+    assert_eq!(again, created);
+    let other = h
+        .create_with(&rid(), &checkout, allocations, address("DE"))
+        .await
+        .unwrap();
+    assert_eq!(other, created);
+    // The key was stored with the shipments: used for a different request, it is refused.
+    let reused = h
+        .create_with(
+            &request,
+            &checkout,
+            vec![alloc("C", "east", 1)],
+            address("DE"),
+        )
+        .await
+        .unwrap_err();
+    assert_refused(&reused, Code::InvalidArgument, "IDEMPOTENCY_KEY_REUSED");
+    // A checkout cancelled before its create keeps its tombstone: the statement is refused whole.
+    let cancelled = rid();
+    h.cancel(&cancelled).await.unwrap();
+    let refused = h.create(&cancelled).await.unwrap_err();
+    assert_refused(&refused, Code::FailedPrecondition, "CHECKOUT_CANCELLED");
+    let none = h
+        .api
+        .get_shipments(Request::new(GetShipmentsRequest {
+            checkout_id: cancelled,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::NotFound, "{none:?}");
+}

@@ -41,6 +41,7 @@ use crate::shutdown::Shutdown;
 use crate::status::{self, Rejection};
 
 pub use key::{IdempotentRequest, Key};
+pub use store::PgQuery;
 use store::{ClaimOutcome, Found, StoredAnswer};
 
 /// Reason of a request whose key was used before for a different request.
@@ -115,6 +116,14 @@ pub struct Execution<T> {
 /// The recovery point of a freshly claimed key.
 pub const STARTED: &str = "started";
 
+/// The statement of a database-only effect that [`Idempotency::in_one_statement`] runs. The
+/// key's insert comes first, as a data-modifying CTE with the parameters `$1`–`$9`; `effect`
+/// goes on from there with more CTEs (`name AS (…), …`) and the final statement, its
+/// parameters numbered from `$10`. Build it once (in a `LazyLock`).
+pub fn in_one_statement_sql(effect: &str) -> String {
+    store::in_one_statement_sql(effect)
+}
+
 /// True when an answer with this code is final and is stored for replay; transient and
 /// internal failures are not, so a retry runs again.
 pub fn is_final(code: Code) -> bool {
@@ -171,6 +180,40 @@ impl Idempotency {
             layer: self.clone(),
             _answer: PhantomData,
         })
+    }
+
+    /// Runs a database-only effect and stores its answer as one Postgres statement, outside
+    /// any transaction: no `BEGIN`, no `COMMIT`, one round trip. For an effect whose rows and
+    /// answer are known before anything is read (`sql` from [`in_one_statement_sql`], `bind`
+    /// binding its parameters from `$10`). True when it committed. False when it changed
+    /// nothing: a unique key refused it (the key is remembered, or a row of the effect exists
+    /// already), or the backend is SQLite, which has no data-modifying CTEs. The caller then
+    /// runs the request the usual way ([`idempotent!`]), which settles a repeat, a reused key or
+    /// an existing row as it always does.
+    pub async fn in_one_statement<'q, T: Message>(
+        &self,
+        key: &'q Key,
+        answer: &T,
+        sql: &'q str,
+        bind: impl FnOnce(PgQuery<'q>) -> PgQuery<'q>,
+    ) -> Result<bool, Status> {
+        if self.db.backend() != crate::db::Backend::Postgres {
+            return Ok(false);
+        }
+        let answer = StoredAnswer::ok(answer);
+        let mut tx = self.db.single_write().await.map_err(db_status)?;
+        let Tx::Postgres(conn) = &mut tx else {
+            return Ok(false);
+        };
+        let committed = store::run_in_one_statement(conn, sql, key, &answer, &self.config, bind)
+            .await
+            .map_err(db_status)?;
+        if committed {
+            tx.commit().await.map_err(db_status)?;
+        } else {
+            tx.rollback().await.map_err(db_status)?;
+        }
+        Ok(committed)
     }
 
     /// Claims a key for an effect outside the database. The claim's transaction is handed over

@@ -1,5 +1,6 @@
 //! The SQL of the idempotency layer: the `idempotency_keys` table on both backends.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use prost::Message;
@@ -43,16 +44,21 @@ impl StoredAnswer {
     /// The storable form of a handler's result.
     pub(super) fn of<T: Message>(result: &Result<T, Status>) -> Self {
         match result {
-            Ok(response) => Self {
-                code: Code::Ok,
-                message: String::new(),
-                body: response.encode_to_vec(),
-            },
+            Ok(response) => Self::ok(response),
             Err(status) => Self {
                 code: status.code(),
                 message: status.message().to_owned(),
                 body: status.details().to_vec(),
             },
+        }
+    }
+
+    /// The storable form of a response.
+    pub(super) fn ok<T: Message>(response: &T) -> Self {
+        Self {
+            code: Code::Ok,
+            message: String::new(),
+            body: response.encode_to_vec(),
         }
     }
 
@@ -135,6 +141,61 @@ pub(super) async fn find(tx: &mut Tx, key: &Key) -> Result<Option<Found>, DbErro
     })
 }
 
+/// The insert of a key that is done, with its answer: `$1`–`$9`, bound by [`bind_done`].
+const INSERT_DONE: &str = "INSERT INTO idempotency_keys AS k \
+       (scope, request_id, fingerprint, state, response_code, response_message, \
+        response_body, recovery_point, lock_token, locked_until, created_at, \
+        completed_at, expires_at) \
+     VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, '', $8, $8, $8, $9)";
+
+/// [`INSERT_DONE`] taking the place of a forgotten key (past retention, and unlocked if it was
+/// in progress).
+static RECORD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{INSERT_DONE} \
+         ON CONFLICT (scope, request_id) DO UPDATE SET \
+           fingerprint = excluded.fingerprint, state = 'done', \
+           response_code = excluded.response_code, \
+           response_message = excluded.response_message, \
+           response_body = excluded.response_body, \
+           recovery_point = excluded.recovery_point, recovery_data = NULL, \
+           lock_token = '', locked_until = excluded.locked_until, \
+           created_at = excluded.created_at, completed_at = excluded.completed_at, \
+           expires_at = excluded.expires_at \
+         WHERE k.expires_at <= $8 AND (k.state = 'done' OR k.locked_until <= $8)"
+    )
+});
+
+/// Binds the nine parameters of [`INSERT_DONE`] on either backend.
+fn bind_done<'q, DB>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    key: &'q Key,
+    answer: &StoredAnswer,
+    now: i64,
+    config: &IdempotencyConfig,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    // The answer is bound by value: a caller's statement may outlive it.
+    query
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(key.fingerprint().as_slice())
+        .bind(answer.code as i32)
+        .bind(answer.message.clone())
+        .bind(answer.body.clone())
+        .bind(STARTED)
+        .bind(now)
+        .bind(now.saturating_add(millis(config.retention)))
+}
+
 /// Stores a key that is done, with its answer, in the transaction of the effect: the one write
 /// of a database-only request. Takes the place of a forgotten key; false if the key is
 /// remembered (done before, or held by a concurrent request that committed first), in which
@@ -146,40 +207,41 @@ pub(super) async fn record(
     config: &IdempotencyConfig,
 ) -> Result<bool, DbError> {
     let now = now_millis();
-    let expires_at = now.saturating_add(millis(config.retention));
     let written = on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO idempotency_keys AS k \
-               (scope, request_id, fingerprint, state, response_code, response_message, \
-                response_body, recovery_point, lock_token, locked_until, created_at, \
-                completed_at, expires_at) \
-             VALUES ($1, $2, $3, 'done', $4, $5, $6, $7, '', $8, $8, $8, $9) \
-             ON CONFLICT (scope, request_id) DO UPDATE SET \
-               fingerprint = excluded.fingerprint, state = 'done', \
-               response_code = excluded.response_code, \
-               response_message = excluded.response_message, \
-               response_body = excluded.response_body, \
-               recovery_point = excluded.recovery_point, recovery_data = NULL, \
-               lock_token = '', locked_until = excluded.locked_until, \
-               created_at = excluded.created_at, completed_at = excluded.completed_at, \
-               expires_at = excluded.expires_at \
-             WHERE k.expires_at <= $8 AND (k.state = 'done' OR k.locked_until <= $8)",
-        )
-        .bind(key.scope())
-        .bind(key.request_id())
-        .bind(key.fingerprint().as_slice())
-        .bind(answer.code as i32)
-        .bind(&answer.message)
-        .bind(&answer.body)
-        .bind(STARTED)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
+        bind_done(sqlx::query(RECORD.as_str()), key, answer, now, config)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
     });
     Ok(written == 1)
 }
+
+/// The statement of a whole effect on Postgres: [`INSERT_DONE`] as the first of its
+/// data-modifying CTEs, `effect` the rest of the `WITH` list and the final statement.
+pub(super) fn in_one_statement_sql(effect: &str) -> String {
+    format!("WITH done_key AS ({INSERT_DONE}), {effect}")
+}
+
+/// Runs a statement of [`in_one_statement_sql`] on its own (it commits by itself): true if it
+/// committed, false if a unique key refused it, which undoes all of it.
+pub(super) async fn run_in_one_statement<'q>(
+    conn: &mut sqlx::PgConnection,
+    sql: &'q str,
+    key: &'q Key,
+    answer: &StoredAnswer,
+    config: &IdempotencyConfig,
+    bind: impl FnOnce(PgQuery<'q>) -> PgQuery<'q>,
+) -> Result<bool, DbError> {
+    let query = bind_done(sqlx::query(sql), key, answer, now_millis(), config);
+    match bind(query).execute(conn).await {
+        Ok(_) => Ok(true),
+        Err(e) if crate::db::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A Postgres statement with its arguments, as [`run_in_one_statement`] binds them.
+pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

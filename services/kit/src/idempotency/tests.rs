@@ -515,3 +515,69 @@ fn the_fingerprint_ignores_only_the_request_id() {
     assert_ne!(a.fingerprint(), c.fingerprint());
     assert_ne!(a.fingerprint(), other_rpc.fingerprint());
 }
+
+/// One run of an effect with a unique row, as [`Idempotency::in_one_statement`] runs it.
+async fn in_one_statement(layer: &Idempotency, sql: &str, request_id: &str, row: &str) -> bool {
+    let key = Key::new(SCOPE, &request(request_id, 2)).unwrap();
+    layer
+        .in_one_statement(&key, &answer(2), sql, |query| query.bind(row))
+        .await
+        .unwrap()
+}
+
+async fn count(db: &Db, table: &str) -> i64 {
+    let mut tx = db.single_read().await.unwrap();
+    let n: i64 = on_backend!(&mut tx, conn => {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    });
+    tx.rollback().await.unwrap();
+    n
+}
+
+#[tokio::test]
+async fn in_one_statement_writes_the_effect_with_its_key_done_or_nothing() {
+    let (_database, db, layer) = setup(IdempotencyConfig::default()).await;
+    let mut tx = db.begin().await.unwrap();
+    on_backend!(&mut tx, conn => {
+        sqlx::query("CREATE TABLE unique_effects (id TEXT PRIMARY KEY)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    });
+    tx.commit().await.unwrap();
+    let sql =
+        in_one_statement_sql("effect AS (INSERT INTO unique_effects (id) VALUES ($10)) SELECT 1");
+    let (first, second) = (id(), id());
+
+    if db.backend() == crate::db::Backend::Sqlite {
+        // No data-modifying CTEs: nothing runs, and the caller goes the usual way.
+        assert!(!in_one_statement(&layer, &sql, &first, "a").await);
+        assert_eq!(
+            (keys(&db).await, count(&db, "unique_effects").await),
+            (0, 0)
+        );
+        return;
+    }
+    assert!(in_one_statement(&layer, &sql, &first, "a").await);
+    assert_eq!(
+        (keys(&db).await, count(&db, "unique_effects").await),
+        (1, 1)
+    );
+    // The key is done with the answer: the usual way replays it and its handler's change goes.
+    assert_eq!(
+        add_item(&layer, &request(&first, 2)).await.unwrap(),
+        answer(2)
+    );
+    assert_eq!(effects(&db).await, 0);
+    // The key known already: nothing is written.
+    assert!(!in_one_statement(&layer, &sql, &first, "b").await);
+    // The effect's row known already: the new key is not stored either.
+    assert!(!in_one_statement(&layer, &sql, &second, "a").await);
+    assert_eq!(
+        (keys(&db).await, count(&db, "unique_effects").await),
+        (1, 1)
+    );
+}
