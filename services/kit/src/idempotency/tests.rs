@@ -68,10 +68,11 @@ async fn record_effect(tx: &mut Tx, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-async fn effects(db: &Db) -> i64 {
-    let mut tx = db.begin_read().await.unwrap();
+/// Rows of a table, read in one statement.
+async fn count(db: &Db, table: &str) -> i64 {
+    let mut tx = db.single_read().await.unwrap();
     let n: i64 = on_backend!(&mut tx, conn => {
-        sqlx::query_scalar("SELECT count(*) FROM effects")
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&mut *conn)
             .await
             .unwrap()
@@ -80,16 +81,12 @@ async fn effects(db: &Db) -> i64 {
     n
 }
 
+async fn effects(db: &Db) -> i64 {
+    count(db, "effects").await
+}
+
 async fn keys(db: &Db) -> i64 {
-    let mut tx = db.begin_read().await.unwrap();
-    let n: i64 = on_backend!(&mut tx, conn => {
-        sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap()
-    });
-    tx.rollback().await.unwrap();
-    n
+    count(db, "idempotency_keys").await
 }
 
 /// A handler as services write one: one database effect, one answer.
@@ -523,18 +520,6 @@ async fn in_one_statement(layer: &Idempotency, sql: &str, request_id: &str, row:
         .in_one_statement(&key, &answer(2), sql, |query| query.bind(row))
         .await
         .unwrap()
-}
-
-async fn count(db: &Db, table: &str) -> i64 {
-    let mut tx = db.single_read().await.unwrap();
-    let n: i64 = on_backend!(&mut tx, conn => {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap()
-    });
-    tx.rollback().await.unwrap();
-    n
 }
 
 #[tokio::test]
