@@ -323,8 +323,49 @@ async fn a_cancel_committed_while_a_write_waits_for_its_saga_keeps_both_in_the_t
     assert_eq!(timeline, [(1, "cancel_requested"), (2, "step_started")]);
 }
 
+/// What sqlx hands to SQLite connections' threads, one entry per hand-off, as its statement log
+/// records it. The log is written on those threads, so only a process-wide subscriber sees it.
+fn sqlite_hand_offs() -> Vec<String> {
+    use std::sync::{Mutex, Once};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static INSTALL: Once = Once::new();
+
+    /// Keeps the text of each logged statement.
+    struct Recorder;
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Text(String);
+            impl tracing::field::Visit for Text {
+                fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    self.0 += &format!("{value:?} ");
+                }
+            }
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            LOG.lock().unwrap().push(text.0);
+        }
+    }
+
+    INSTALL.call_once(|| {
+        let only_statements = tracing_subscriber::filter::Targets::new()
+            .with_target("sqlx::query", tracing::Level::DEBUG);
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::Layer::with_filter(Recorder, only_statements),
+        );
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    LOG.lock().unwrap().clone()
+}
+
 #[tokio::test]
-async fn a_new_saga_is_stored_with_its_first_attempt_and_events_in_one_statement_on_postgres() {
+async fn a_new_saga_is_one_statement_on_postgres_and_one_hand_off_on_sqlite() {
+    sqlite_hand_offs();
     let (database, db) = migrated("new_saga").await;
     let proxy = match testing::backend() {
         Backend::Postgres => Some(RoundTrips::count(&database).await),
@@ -394,6 +435,27 @@ async fn a_new_saga_is_stored_with_its_first_attempt_and_events_in_one_statement
         assert_eq!(
             round_trips[1], 3,
             "BEGIN, one statement for all four tables, COMMIT"
+        );
+    } else {
+        // Other tests of this binary insert sagas too, always the same way.
+        let inserts: Vec<String> = sqlite_hand_offs()
+            .into_iter()
+            .filter(|s| s.contains("INSERT INTO sagas "))
+            .collect();
+        assert!(inserts.len() >= 2, "{inserts:?}");
+        for statement in &inserts {
+            assert!(
+                statement.contains("INSERT INTO saga_steps "),
+                "the saga and its steps are one hand-off: {statement}"
+            );
+        }
+        let ours = inserts.iter().filter(|s| {
+            s.contains("INSERT INTO saga_attempts ") && s.contains("INSERT INTO saga_events ")
+        });
+        assert_eq!(
+            ours.count(),
+            2,
+            "with the attempt and events too: {inserts:?}"
         );
     }
     via.close().await;
