@@ -262,10 +262,7 @@ where
 }
 
 /// Binds a saga row's columns in [`SAGA_COLUMNS`] order (`$1` to `$22` on Postgres).
-fn bind_saga<'q, DB: sqlx::Database>(
-    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    s: &'q SagaRow,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+fn bind_saga<'q, DB: sqlx::Database>(q: Query<'q, DB>, s: &'q SagaRow) -> Query<'q, DB>
 where
     String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
