@@ -763,19 +763,61 @@ async fn save_saga_run(
     tx: &mut Tx,
     saves: &[SagaSave<'_>],
 ) -> Result<Vec<(String, bool)>, DbError> {
+    // Most writes keep the saga's status and next attempt: the statement that leaves those two
+    // columns out of its SET goes first. SQLite rewrites the entries of every index on a column
+    // a statement sets, changed or not, and three of the sagas' indexes hold the status (one
+    // the next attempt too). Postgres compares the values and adds no index entry for an
+    // unchanged one, so there the second statement would be a round trip for nothing.
+    if tx.backend() == Backend::Postgres {
+        return update_saga_run(tx, saves, SagaColumns::All).await;
+    }
+    let mut written = update_saga_run(tx, saves, SagaColumns::KeepingIndexed).await?;
+    if written.len() < saves.len() {
+        // Those whose status or next attempt changes, and those fenced off (which stay so).
+        let rest: Vec<SagaSave<'_>> = saves
+            .iter()
+            .filter(|w| !written.iter().any(|(id, _)| *id == w.saga.saga_id))
+            .copied()
+            .collect();
+        written.extend(update_saga_run(tx, &rest, SagaColumns::All).await?);
+    }
+    Ok(written)
+}
+
+/// Which of a saga's mutable columns a fenced update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SagaColumns {
+    /// All of them.
+    All,
+    /// All but the indexed `status` and `next_attempt_at`, for sagas where both keep their
+    /// values (the others are left alone, as if fenced off).
+    KeepingIndexed,
+}
+
+async fn update_saga_run(
+    tx: &mut Tx,
+    saves: &[SagaSave<'_>],
+    columns: SagaColumns,
+) -> Result<Vec<(String, bool)>, DbError> {
+    let (indexed, unchanged) = match columns {
+        SagaColumns::All => ("status = v.column4, next_attempt_at = v.column12, ", ""),
+        SagaColumns::KeepingIndexed => (
+            "",
+            "AND sagas.status = v.column4 AND sagas.next_attempt_at = v.column12 ",
+        ),
+    };
     // VALUES columns are named column1, column2, … on both backends.
     let sql = format!(
-        "UPDATE sagas SET status = v.column4, direction = v.column5, step_index = v.column6, \
+        "UPDATE sagas SET {indexed}direction = v.column5, step_index = v.column6, \
            outputs = v.column7, failure_reason = v.column8, failure_message = v.column9, \
            failure_step = v.column10, pivot_started = v.column11, \
-           next_attempt_at = v.column12, \
            lease_owner = CASE WHEN v.column16 THEN NULL ELSE sagas.lease_owner END, \
            lease_expires_at = CASE WHEN v.column16 THEN 0 ELSE v.column13 END, \
            version = sagas.version + 1, updated_at = v.column14 \
          FROM (VALUES {}) AS v \
          WHERE sagas.saga_id = v.column1 AND sagas.version = v.column2 \
            AND sagas.lease_owner = v.column3 \
-           AND (sagas.cancel_requested = FALSE OR v.column15 = FALSE) \
+           AND (sagas.cancel_requested = FALSE OR v.column15 = FALSE) {unchanged}\
          RETURNING sagas.saga_id, sagas.cancel_requested",
         values_list(tx.backend(), saves.len(), 16)
     );

@@ -460,3 +460,94 @@ async fn a_new_saga_is_one_statement_on_postgres_and_one_hand_off_on_sqlite() {
     via.close().await;
     db.close().await;
 }
+
+#[tokio::test]
+async fn a_saga_write_that_keeps_the_status_and_next_attempt_leaves_their_columns_unset_on_sqlite()
+{
+    sqlite_hand_offs();
+    let (_database, db) = migrated("keeping_indexed").await;
+    let sagas = stored(&db, 4).await;
+    let now = now_millis();
+    // One write keeps both indexed columns, one completes the saga, one moves its next attempt,
+    // and one holds a stale version.
+    let mut kept = sagas[0].clone();
+    kept.step_index = 1;
+    kept.outputs = r#"{"first":{}}"#.to_owned();
+    let mut completed = sagas[1].clone();
+    completed.status = "completed".to_owned();
+    let mut later = sagas[2].clone();
+    later.next_attempt_at = now + 5_000;
+    let mut stale = sagas[3].clone();
+    stale.version = 7;
+    stale.step_index = 1;
+    let save = |saga| store::SagaSave {
+        saga,
+        owner: OWNER,
+        lease_expires_at: now + 60_000,
+        require_no_cancel: false,
+        release: false,
+    };
+    let saves = [save(&kept), save(&completed), save(&later), save(&stale)];
+    let mut tx = db.begin().await.unwrap();
+    let logged_before = sqlite_hand_offs().len();
+    let mut written: Vec<String> = store::save_sagas(&mut tx, &saves)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let logged = sqlite_hand_offs()[logged_before..].to_vec();
+    tx.commit().await.unwrap();
+    written.sort();
+    let mut expected = vec![
+        kept.saga_id.clone(),
+        completed.saga_id.clone(),
+        later.saga_id.clone(),
+    ];
+    expected.sort();
+    assert_eq!(written, expected, "the stale write is fenced off");
+
+    let mut tx = db.single_read().await.unwrap();
+    for (wrote, original) in [
+        (&kept, &sagas[0]),
+        (&completed, &sagas[1]),
+        (&later, &sagas[2]),
+    ] {
+        let row = store::saga(&mut tx, &wrote.saga_id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.next_attempt_at,
+                row.step_index,
+                row.outputs.as_str(),
+                row.version,
+            ),
+            (
+                wrote.status.as_str(),
+                wrote.next_attempt_at,
+                wrote.step_index,
+                wrote.outputs.as_str(),
+                original.version + 1,
+            )
+        );
+    }
+    let row = store::saga(&mut tx, &stale.saga_id).await.unwrap().unwrap();
+    assert_eq!((row.step_index, row.version), (0, sagas[3].version));
+    tx.rollback().await.unwrap();
+
+    if testing::backend() == Backend::Sqlite {
+        // SQLite rewrites the entries of every index on a column a statement sets, so the
+        // writes that keep both go through the statement that does not set them.
+        let set_clauses: Vec<&str> = logged
+            .iter()
+            .filter_map(|s| s.rsplit_once("UPDATE sagas SET ").map(|(_, set)| set))
+            .filter_map(|s| s.split(" FROM ").next())
+            .collect();
+        assert!(
+            set_clauses
+                .iter()
+                .any(|set| !set.contains("status =") && !set.contains("next_attempt_at =")),
+            "every saga update set the indexed columns: {set_clauses:?}"
+        );
+    }
+}
