@@ -715,7 +715,7 @@ mod tests {
             // MEMORY: savepoint journals never go to temporary files.
             assert_eq!(temp_store, 2);
             // A hot page is copied to the database file once for many commits.
-            assert_eq!(checkpoint, 10_000);
+            assert_eq!(checkpoint, i64::from(WAL_AUTOCHECKPOINT_PAGES));
         }
         db.close().await;
     }
