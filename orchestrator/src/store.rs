@@ -562,18 +562,55 @@ pub async fn save_batch(
         .iter()
         .flat_map(|w| w.steps.iter().map(|s| (saga_id(w), s)))
         .collect();
-    save_steps(tx, &steps).await?;
     let attempts: Vec<(&str, &AttemptRow)> = kept
         .iter()
         .flat_map(|w| w.attempts.iter().map(|a| (saga_id(w), *a)))
         .collect();
-    record_attempts(tx, &attempts).await?;
     let events: Vec<(&str, &NewEvent)> = kept
         .iter()
         .flat_map(|w| w.events.iter().map(|e| (saga_id(w), e)))
         .collect();
-    append_events(tx, &events, at).await?;
+    // The three tables' statements go to the writer connection's thread as one string (sqlx
+    // runs a string's statements in order, each `?` taking the next value bound): one hand-off
+    // instead of one per table.
+    let mut sql = String::new();
+    for run in runs(Backend::Sqlite, &steps) {
+        push_statement(&mut sql, &save_steps_sql(Backend::Sqlite, run.len()));
+    }
+    for run in runs(Backend::Sqlite, &attempts) {
+        push_statement(&mut sql, &record_attempts_sql(Backend::Sqlite, run.len()));
+    }
+    for run in runs(Backend::Sqlite, &events) {
+        push_statement(&mut sql, &append_events_sql(Backend::Sqlite, run.len()));
+    }
+    if sql.is_empty() {
+        return Ok(written);
+    }
+    let mut q = sqlx::query(&sql);
+    for (saga_id, step) in &steps {
+        q = bind_step(q, saga_id, step);
+    }
+    for (saga_id, a) in &attempts {
+        q = bind_attempt(q, saga_id, a);
+    }
+    for run in runs(Backend::Sqlite, &events) {
+        for ((saga_id, e), n) in run.iter().zip(event_ordinals(run)) {
+            q = bind_event(q, saga_id, n, at, e);
+        }
+    }
+    // Postgres returned above, with its one statement.
+    if let Tx::Sqlite(conn) = tx {
+        q.execute(&mut **conn).await?;
+    }
     Ok(written)
+}
+
+/// Adds a statement to a string of statements run by one call.
+fn push_statement(sql: &mut String, statement: &str) {
+    if !sql.is_empty() {
+        sql.push_str("; ");
+    }
+    sql.push_str(statement);
 }
 
 fn saga_id<'a>(w: &BatchWrite<'a>) -> &'a str {
@@ -855,16 +892,21 @@ pub async fn save_steps(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), D
     Ok(())
 }
 
-async fn save_step_run(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), DbError> {
-    // Rows as `bind_step` binds them; the name (column 3) is not changed.
-    let sql = format!(
+/// The update of `rows` steps' state, their values bound by [`bind_step`].
+fn save_steps_sql(backend: Backend, rows: usize) -> String {
+    // The name (column 3) is not changed.
+    format!(
         "UPDATE saga_steps SET status = v.column4, forward_attempts = v.column5, \
            compensation_attempts = v.column6, forward_retry_base = v.column7, \
            compensation_retry_base = v.column8, may_have_applied = v.column9 \
          FROM (VALUES {}) AS v \
          WHERE saga_steps.saga_id = v.column1 AND saga_steps.step_index = v.column2",
-        values_list(tx.backend(), steps.len(), 9)
-    );
+        values_list(backend, rows, 9)
+    )
+}
+
+async fn save_step_run(tx: &mut Tx, steps: &[(&str, &StepRow)]) -> Result<(), DbError> {
+    let sql = save_steps_sql(tx.backend(), steps.len());
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
         for (saga_id, step) in steps {
@@ -884,15 +926,20 @@ pub async fn record_attempts(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> R
     Ok(())
 }
 
-async fn record_attempt_run(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> Result<(), DbError> {
-    let sql = format!(
+/// The upsert of `rows` attempts, their values bound by [`bind_attempt`].
+fn record_attempts_sql(backend: Backend, rows: usize) -> String {
+    format!(
         "INSERT INTO saga_attempts ({ATTEMPT_INSERT_COLUMNS}) \
          VALUES {} \
          ON CONFLICT (saga_id, step_index, direction, number) DO UPDATE SET \
            outcome = excluded.outcome, status_code = excluded.status_code, \
            message = excluded.message, ended_at = excluded.ended_at",
-        values_list(tx.backend(), attempts.len(), 10)
-    );
+        values_list(backend, rows, 10)
+    )
+}
+
+async fn record_attempt_run(tx: &mut Tx, attempts: &[(&str, &AttemptRow)]) -> Result<(), DbError> {
+    let sql = record_attempts_sql(tx.backend(), attempts.len());
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
         for (saga_id, a) in attempts {
@@ -935,35 +982,42 @@ pub async fn append_events(
     Ok(())
 }
 
-async fn append_event_run(
-    tx: &mut Tx,
-    events: &[(&str, &NewEvent)],
-    at: i64,
-) -> Result<(), DbError> {
+/// The append of `rows` events, their values bound by [`bind_event`] with the numbers of
+/// [`event_ordinals`].
+fn append_events_sql(backend: Backend, rows: usize) -> String {
     // The nth event of a saga in this statement goes n after the saga's last; the subquery reads
     // the timeline as it was before the statement on both backends.
-    let mut seen: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
-    let ordinal: Vec<i64> = events
-        .iter()
-        .map(|(saga_id, _)| {
-            let n = seen.entry(saga_id).or_default();
-            *n += 1;
-            *n
-        })
-        .collect();
-    let sql = format!(
+    format!(
         "INSERT INTO saga_events ({EVENT_INSERT_COLUMNS}) \
          SELECT v.column1, \
            COALESCE((SELECT MAX(e.sequence) FROM saga_events e WHERE e.saga_id = v.column1), 0) \
              + v.column2, \
            v.column3, v.column4, v.column5, v.column6, v.column7 \
          FROM (VALUES {}) AS v",
-        values_list(tx.backend(), events.len(), 7)
-    );
+        values_list(backend, rows, 7)
+    )
+}
+
+/// Each event's place among its saga's events in one append statement (1, 2, …).
+fn event_ordinals<'a>(events: &'a [(&str, &NewEvent)]) -> impl Iterator<Item = i64> + 'a {
+    let mut seen: HashMap<&str, i64> = HashMap::new();
+    events.iter().map(move |(saga_id, _)| {
+        let n = seen.entry(saga_id).or_default();
+        *n += 1;
+        *n
+    })
+}
+
+async fn append_event_run(
+    tx: &mut Tx,
+    events: &[(&str, &NewEvent)],
+    at: i64,
+) -> Result<(), DbError> {
+    let sql = append_events_sql(tx.backend(), events.len());
     on_backend!(tx, conn => {
         let mut q = sqlx::query(&sql);
-        for ((saga_id, e), n) in events.iter().zip(&ordinal) {
-            q = bind_event(q, saga_id, *n, at, e);
+        for ((saga_id, e), n) in events.iter().zip(event_ordinals(events)) {
+            q = bind_event(q, saga_id, n, at, e);
         }
         q.execute(&mut *conn).await?;
     });

@@ -551,3 +551,103 @@ async fn a_saga_write_that_keeps_the_status_and_next_attempt_leaves_their_column
         );
     }
 }
+
+#[tokio::test]
+async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote_only() {
+    sqlite_hand_offs();
+    let (_database, db) = migrated("batch_tables").await;
+    let sagas = stored(&db, 3).await;
+    // The first saga's events need two statements on SQLite (64 rows each at most).
+    let writes: Vec<SagaWrite> = sagas
+        .iter()
+        .zip([70, 2, 1])
+        .map(|(s, events)| {
+            let mut w = write_ahead(s, "first");
+            w.events = (1..=events)
+                .map(|n| NewEvent {
+                    kind: "step_started",
+                    step: "first".to_owned(),
+                    message: format!("event {n}"),
+                    status: "running".to_owned(),
+                })
+                .collect();
+            w
+        })
+        .collect();
+    let mut stale = writes[2].saga.clone();
+    stale.version = 9;
+    let batch: Vec<store::BatchWrite<'_>> = writes
+        .iter()
+        .zip([&writes[0].saga, &writes[1].saga, &stale])
+        .map(|(w, saga)| store::BatchWrite {
+            save: store::SagaSave {
+                saga,
+                owner: OWNER,
+                lease_expires_at: w.lease_expires_at,
+                require_no_cancel: false,
+                release: false,
+            },
+            steps: &w.steps,
+            attempts: w.started.iter().collect(),
+            events: &w.events,
+        })
+        .collect();
+    let mut tx = db.begin().await.unwrap();
+    let logged_before = sqlite_hand_offs().len();
+    let written = store::save_batch(&mut tx, &batch, 4_321).await.unwrap();
+    let logged = sqlite_hand_offs()[logged_before..].to_vec();
+    tx.commit().await.unwrap();
+    assert!(written.contains_key(&sagas[0].saga_id) && written.contains_key(&sagas[1].saga_id));
+    assert!(
+        !written.contains_key(&sagas[2].saga_id),
+        "the stale write is fenced off"
+    );
+
+    let mut read = db.single_read().await.unwrap();
+    for (i, w) in writes.iter().enumerate() {
+        let view = store::saga_view(&mut read, &w.saga.saga_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let numbered: Vec<(i64, String)> = view
+            .events
+            .iter()
+            .map(|e| (e.sequence, e.message.clone()))
+            .collect();
+        if i == 2 {
+            assert_eq!(view.steps[0].status, "pending", "nothing of a fenced write");
+            assert!(view.attempts.is_empty() && numbered.is_empty());
+            continue;
+        }
+        assert_eq!(view.steps[0], w.steps[0]);
+        assert_eq!(view.attempts, vec![w.started.clone().unwrap()]);
+        let expected: Vec<(i64, String)> = (1..)
+            .zip(&w.events)
+            .map(|(n, e)| (n, e.message.clone()))
+            .collect();
+        assert_eq!(numbered, expected, "numbered in order from 1, without gaps");
+        assert!(view.events.iter().all(|e| e.at == 4_321));
+    }
+    read.rollback().await.unwrap();
+
+    if testing::backend() == Backend::Sqlite {
+        // The steps, attempts and events go to the writer's thread as one string.
+        let rest: Vec<&String> = logged
+            .iter()
+            .filter(|s| {
+                s.contains("UPDATE saga_steps ")
+                    || s.contains("INSERT INTO saga_attempts ")
+                    || s.contains("INSERT INTO saga_events ")
+            })
+            .collect();
+        assert_eq!(rest.len(), 1, "one hand-off for three tables: {rest:?}");
+        assert!(
+            rest[0].contains("UPDATE saga_steps ")
+                && rest[0].contains("INSERT INTO saga_attempts ")
+                && rest[0].matches("INSERT INTO saga_events ").count() == 2,
+            "{}",
+            rest[0]
+        );
+    }
+    db.close().await;
+}
