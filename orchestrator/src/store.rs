@@ -762,7 +762,8 @@ fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
 
 /// Splits rows into the runs the multi-row statements take, at most 64 rows each. SQLite's
 /// writes all go through one writer connection whose statement cache has room for a shape of
-/// every size, so a batch is one statement per table (each statement is a hand-off to the
+/// every size, so a batch is one statement per table (and a journal batch sends its steps',
+/// attempts' and events' statements as one string: each string is a hand-off to the
 /// connection's thread). Postgres runs them on pooled connections, each with its own cache and
 /// server-side prepared statements, so there the runs are 64, 32, …, 1 rows: few shapes (its
 /// journal batches do not come here: they are one statement of arrays, [`save_batch`]).
