@@ -3,7 +3,7 @@
 //! saga is stored.
 
 use checkout_kit::db::{self, Backend, Db, PoolConfig, Tx, now_millis};
-use checkout_kit::testing::{self, RoundTrips, TestDatabase};
+use checkout_kit::testing::{self, RoundTrips, TestDatabase, sqlite_hand_offs};
 use checkout_orchestrator::journal::{Journal, NewEvent, SagaWrite, Saved};
 use checkout_orchestrator::store::{self, AttemptRow, SagaRow, StepRow};
 
@@ -321,46 +321,6 @@ async fn a_cancel_committed_while_a_write_waits_for_its_saga_keeps_both_in_the_t
         .map(|e| (e.sequence, e.kind.as_str()))
         .collect();
     assert_eq!(timeline, [(1, "cancel_requested"), (2, "step_started")]);
-}
-
-/// What sqlx hands to SQLite connections' threads, one entry per hand-off, as its statement log
-/// records it. The log is written on those threads, so only a process-wide subscriber sees it.
-fn sqlite_hand_offs() -> Vec<String> {
-    use std::sync::{Mutex, Once};
-    use tracing_subscriber::layer::SubscriberExt;
-
-    static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    static INSTALL: Once = Once::new();
-
-    /// Keeps the text of each logged statement.
-    struct Recorder;
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
-        fn on_event(
-            &self,
-            event: &tracing::Event<'_>,
-            _: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            struct Text(String);
-            impl tracing::field::Visit for Text {
-                fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                    self.0 += &format!("{value:?} ");
-                }
-            }
-            let mut text = Text(String::new());
-            event.record(&mut text);
-            LOG.lock().unwrap().push(text.0);
-        }
-    }
-
-    INSTALL.call_once(|| {
-        let only_statements = tracing_subscriber::filter::Targets::new()
-            .with_target("sqlx::query", tracing::Level::DEBUG);
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::Layer::with_filter(Recorder, only_statements),
-        );
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-    });
-    LOG.lock().unwrap().clone()
 }
 
 #[tokio::test]

@@ -195,12 +195,8 @@ pub async fn reserve(
             }
         }
     }
-    for (position, line) in (1_i64..).zip(lines) {
-        storage::insert_line(tx, &row.reservation_id, line, position).await?;
-    }
-    for (allocation, _) in &allocations {
-        storage::insert_allocation(tx, &row.reservation_id, allocation).await?;
-    }
+    let taken: Vec<AllocationRow> = allocations.iter().map(|(a, _)| a.clone()).collect();
+    storage::insert_lines_and_allocations(tx, &row.reservation_id, lines, &taken).await?;
     // Answered from what was written, not read back.
     let ranked: Vec<(AllocationRow, i64)> = allocations
         .into_iter()

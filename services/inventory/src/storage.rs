@@ -1,7 +1,7 @@
 //! Every SQL statement of the inventory service, portable across SQLite and Postgres. Each runs
 //! in the caller's transaction.
 
-use checkout_kit::db::{DbError, Tx};
+use checkout_kit::db::{Backend, DbError, Tx, values_list};
 use checkout_kit::on_backend;
 
 /// A warehouse.
@@ -353,46 +353,83 @@ pub async fn insert_reservation(tx: &mut Tx, row: &ReservationRow) -> Result<boo
     Ok(n == 1)
 }
 
-/// Records a requested line.
-pub async fn insert_line(
+/// Records a reservation's requested lines (numbered from 1 in the order given) and where their
+/// units come from, in one statement on Postgres and one hand-off to the writer connection's
+/// thread on SQLite (a string of two multi-row inserts), whatever the number of lines.
+pub async fn insert_lines_and_allocations(
     tx: &mut Tx,
     reservation_id: &str,
-    line: &LineRow,
-    position: i64,
+    lines: &[LineRow],
+    allocations: &[AllocationRow],
 ) -> Result<(), DbError> {
-    on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO reservation_lines (reservation_id, sku, quantity, position) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(reservation_id)
-        .bind(&line.sku)
-        .bind(line.quantity)
-        .bind(position)
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
-}
-
-/// Records where a line's units come from.
-pub async fn insert_allocation(
-    tx: &mut Tx,
-    reservation_id: &str,
-    allocation: &AllocationRow,
-) -> Result<(), DbError> {
-    on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO reservation_allocations (reservation_id, sku, warehouse_id, quantity) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(reservation_id)
-        .bind(&allocation.sku)
-        .bind(&allocation.warehouse_id)
-        .bind(allocation.quantity)
-        .execute(&mut *conn)
-        .await?;
-    });
+    if lines.is_empty() && allocations.is_empty() {
+        return Ok(());
+    }
+    match tx {
+        Tx::Postgres(conn) => {
+            sqlx::query(
+                "WITH line AS ( \
+                   INSERT INTO reservation_lines (reservation_id, sku, quantity, position) \
+                   SELECT $1, l.* FROM UNNEST($2::text[], $3::int8[], $4::int8[]) AS l \
+                 ) \
+                 INSERT INTO reservation_allocations (reservation_id, sku, warehouse_id, quantity) \
+                 SELECT $1, a.* FROM UNNEST($5::text[], $6::text[], $7::int8[]) AS a",
+            )
+            .bind(reservation_id)
+            .bind(lines.iter().map(|l| l.sku.as_str()).collect::<Vec<_>>())
+            .bind(lines.iter().map(|l| l.quantity).collect::<Vec<_>>())
+            .bind((1..=lines.len() as i64).collect::<Vec<_>>())
+            .bind(
+                allocations
+                    .iter()
+                    .map(|a| a.sku.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                allocations
+                    .iter()
+                    .map(|a| a.warehouse_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(allocations.iter().map(|a| a.quantity).collect::<Vec<_>>())
+            .execute(&mut **conn)
+            .await?;
+        }
+        Tx::Sqlite(conn) => {
+            let mut sql = Vec::new();
+            if !lines.is_empty() {
+                sql.push(format!(
+                    "INSERT INTO reservation_lines (reservation_id, sku, quantity, position) \
+                     VALUES {}",
+                    values_list(Backend::Sqlite, lines.len(), 4)
+                ));
+            }
+            if !allocations.is_empty() {
+                sql.push(format!(
+                    "INSERT INTO reservation_allocations \
+                       (reservation_id, sku, warehouse_id, quantity) VALUES {}",
+                    values_list(Backend::Sqlite, allocations.len(), 4)
+                ));
+            }
+            let sql = sql.join("; ");
+            let mut q = sqlx::query(&sql);
+            for (position, line) in (1_i64..).zip(lines) {
+                q = q
+                    .bind(reservation_id)
+                    .bind(&line.sku)
+                    .bind(line.quantity)
+                    .bind(position);
+            }
+            for a in allocations {
+                q = q
+                    .bind(reservation_id)
+                    .bind(&a.sku)
+                    .bind(&a.warehouse_id)
+                    .bind(a.quantity);
+            }
+            q.execute(&mut **conn).await?;
+        }
+    }
     Ok(())
 }
 

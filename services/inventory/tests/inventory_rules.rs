@@ -5,11 +5,12 @@ use std::time::Duration;
 use checkout_inventory::api::InventoryServiceApi;
 use checkout_inventory::fixture::StockFixture;
 use checkout_inventory::{reaper, stock};
+use checkout_kit::db::Backend;
 use checkout_kit::db::Db;
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::on_backend;
 use checkout_kit::status::{fields_of, reason_of};
-use checkout_kit::testing::TestDatabase;
+use checkout_kit::testing::{self, TestDatabase, sqlite_hand_offs};
 use checkout_proto::inventory::inventory_service_server::InventoryService;
 use checkout_proto::inventory::*;
 use tonic::{Code, Request, Status};
@@ -302,6 +303,7 @@ async fn reservations_fill_warehouses_by_priority_all_or_nothing() {
 
 #[tokio::test]
 async fn a_reservation_answers_its_lines_and_allocations_in_the_order_it_is_read_back() {
+    sqlite_hand_offs();
     let h = harness().await;
     // Punctuation orders differently under a language collation (which Postgres may use for
     // text) than byte by byte.
@@ -354,6 +356,31 @@ async fn a_reservation_answers_its_lines_and_allocations_in_the_order_it_is_read
     let lines: Vec<&str> = reserved.lines.iter().map(|l| l.sku.as_str()).collect();
     assert_eq!(lines, ["AB", "A_B", "A-C", "A.B"]);
     assert_eq!(h.reservation(&checkout).await, reserved);
+    if testing::backend() == Backend::Sqlite {
+        // A reservation's lines and allocations go to the writer's thread as one string, however
+        // many (other tests of this binary reserve too, always the same way).
+        let inserts: Vec<String> = sqlite_hand_offs()
+            .into_iter()
+            .filter(|s| {
+                s.contains("INSERT INTO reservation_lines ")
+                    || s.contains("INSERT INTO reservation_allocations ")
+            })
+            .collect();
+        assert!(!inserts.is_empty());
+        for statement in &inserts {
+            assert!(
+                statement.contains("INSERT INTO reservation_lines ")
+                    && statement.contains("INSERT INTO reservation_allocations "),
+                "lines and allocations are one hand-off: {statement}"
+            );
+        }
+        assert!(
+            inserts
+                .iter()
+                .any(|s| s.matches("(?, ?, ?, ?)").count() == 9),
+            "this reservation's four lines and five allocations in one: {inserts:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -287,3 +287,44 @@ async fn count_messages(
         }
     }
 }
+
+/// What sqlx hands to SQLite connections' threads, one entry per hand-off, as its statement log
+/// records it, since the first call (which installs the process-wide subscriber the log needs:
+/// it is written on those threads). Call it once before the statements to be seen.
+pub fn sqlite_hand_offs() -> Vec<String> {
+    use std::sync::{Mutex, Once};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static INSTALL: Once = Once::new();
+
+    /// Keeps the text of each logged statement.
+    struct Recorder;
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Text(String);
+            impl tracing::field::Visit for Text {
+                fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    self.0 += &format!("{value:?} ");
+                }
+            }
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            LOG.lock().unwrap().push(text.0);
+        }
+    }
+
+    INSTALL.call_once(|| {
+        let only_statements = tracing_subscriber::filter::Targets::new()
+            .with_target("sqlx::query", tracing::Level::DEBUG);
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::Layer::with_filter(Recorder, only_statements),
+        );
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    LOG.lock().unwrap().clone()
+}
