@@ -153,13 +153,7 @@ pub async fn create(
         return Ok(existing);
     }
     let planned = plan(checkout_id, allocations, address, now);
-    for (row, lines) in &planned.shipments {
-        storage::insert_shipment(tx, row).await?;
-        for line in lines {
-            storage::insert_line(tx, &row.shipment_id, line).await?;
-        }
-        storage::append_event(tx, &row.shipment_id, PENDING, now).await?;
-    }
+    storage::insert_shipments(tx, &planned.shipments).await?;
     Ok(planned.answer())
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use checkout_kit::db::{DbError, Tx};
+use checkout_kit::db::{Backend, DbError, Tx, values_list};
 use checkout_kit::idempotency::{Idempotency, Key, in_one_statement_sql};
 use checkout_kit::on_backend;
 use checkout_proto::fulfillment::CreateShipmentsResponse;
@@ -187,8 +187,82 @@ pub async fn checkout_state(tx: &mut Tx, checkout_id: &str) -> Result<Option<Str
     }))
 }
 
+/// Stores a checkout's new shipments, each with its lines and its first event (`status` of the
+/// shipment, at its creation time). On SQLite the three tables' rows are one string sent to the
+/// writer connection's thread: one hand-off whatever the number of shipments and lines.
+pub async fn insert_shipments(
+    tx: &mut Tx,
+    shipments: &[(ShipmentRow, Vec<LineRow>)],
+) -> Result<(), DbError> {
+    let lines: Vec<(&str, &LineRow)> = shipments
+        .iter()
+        .flat_map(|(row, lines)| lines.iter().map(|l| (row.shipment_id.as_str(), l)))
+        .collect();
+    let conn = match tx {
+        Tx::Sqlite(conn) => conn,
+        Tx::Postgres(_) => {
+            for (row, _) in shipments {
+                insert_shipment(tx, row).await?;
+            }
+            for (shipment_id, line) in &lines {
+                insert_line(tx, shipment_id, line).await?;
+            }
+            for (row, _) in shipments {
+                append_event(tx, &row.shipment_id, &row.status, row.created_at).await?;
+            }
+            return Ok(());
+        }
+    };
+    if shipments.is_empty() {
+        return Ok(());
+    }
+    let mut sql = format!(
+        "INSERT INTO shipments ({SHIPMENT_COLUMNS}) VALUES {}",
+        values_list(Backend::Sqlite, shipments.len(), 16)
+    );
+    if !lines.is_empty() {
+        sql += &format!(
+            "; INSERT INTO shipment_lines (shipment_id, sku, quantity) VALUES {}",
+            values_list(Backend::Sqlite, lines.len(), 3)
+        );
+    }
+    // A new shipment has no history: its first event is number 1.
+    sql += &format!(
+        "; INSERT INTO shipment_events (shipment_id, sequence, status, at) VALUES {}",
+        values_list(Backend::Sqlite, shipments.len(), 3).replace("(?, ", "(?, 1, ")
+    );
+    let mut q = sqlx::query(&sql);
+    for (s, _) in shipments {
+        q = q
+            .bind(&s.shipment_id)
+            .bind(&s.checkout_id)
+            .bind(&s.warehouse_id)
+            .bind(&s.status)
+            .bind(&s.tracking_number)
+            .bind(&s.recipient_name)
+            .bind(&s.line1)
+            .bind(&s.line2)
+            .bind(&s.city)
+            .bind(&s.region)
+            .bind(&s.postal_code)
+            .bind(&s.country_code)
+            .bind(&s.phone)
+            .bind(s.version)
+            .bind(s.created_at)
+            .bind(s.updated_at);
+    }
+    for (shipment_id, line) in &lines {
+        q = q.bind(*shipment_id).bind(&line.sku).bind(line.quantity);
+    }
+    for (s, _) in shipments {
+        q = q.bind(&s.shipment_id).bind(&s.status).bind(s.created_at);
+    }
+    q.execute(&mut **conn).await?;
+    Ok(())
+}
+
 /// Stores a new shipment.
-pub async fn insert_shipment(tx: &mut Tx, s: &ShipmentRow) -> Result<(), DbError> {
+async fn insert_shipment(tx: &mut Tx, s: &ShipmentRow) -> Result<(), DbError> {
     let sql = format!(
         "INSERT INTO shipments ({SHIPMENT_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
@@ -218,7 +292,7 @@ pub async fn insert_shipment(tx: &mut Tx, s: &ShipmentRow) -> Result<(), DbError
 }
 
 /// Stores a shipment line.
-pub async fn insert_line(tx: &mut Tx, shipment_id: &str, line: &LineRow) -> Result<(), DbError> {
+async fn insert_line(tx: &mut Tx, shipment_id: &str, line: &LineRow) -> Result<(), DbError> {
     on_backend!(tx, conn => {
         sqlx::query("INSERT INTO shipment_lines (shipment_id, sku, quantity) VALUES ($1, $2, $3)")
             .bind(shipment_id)

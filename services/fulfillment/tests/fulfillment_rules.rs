@@ -2,9 +2,10 @@
 
 use checkout_fulfillment::address::ServedCountries;
 use checkout_fulfillment::api::FulfillmentServiceApi;
+use checkout_kit::db::Backend;
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::status::{fields_of, reason_of};
-use checkout_kit::testing::TestDatabase;
+use checkout_kit::testing::{self, TestDatabase, sqlite_hand_offs};
 use checkout_proto::common::{Address, Allocation};
 use checkout_proto::fulfillment::fulfillment_service_server::FulfillmentService;
 use checkout_proto::fulfillment::*;
@@ -127,6 +128,7 @@ impl Harness {
 
 #[tokio::test]
 async fn one_shipment_per_warehouse_with_its_lines() {
+    sqlite_hand_offs();
     let h = harness().await;
     let checkout = rid();
     let shipments = h.create(&checkout).await.unwrap();
@@ -171,6 +173,28 @@ async fn one_shipment_per_warehouse_with_its_lines() {
         .await
         .unwrap_err();
     assert_refused(&other, Code::FailedPrecondition, "SHIPMENTS_EXIST");
+    if testing::backend() == Backend::Sqlite {
+        // A create's shipments, lines and first events go to the writer's thread as one string
+        // (other tests of this binary create too, always the same way).
+        let inserts: Vec<String> = sqlite_hand_offs()
+            .into_iter()
+            .filter(|s| s.contains("INSERT INTO shipments "))
+            .collect();
+        assert!(!inserts.is_empty());
+        for statement in &inserts {
+            assert!(
+                statement.contains("INSERT INTO shipment_lines ")
+                    && statement.contains("INSERT INTO shipment_events "),
+                "shipments, lines and events are one hand-off: {statement}"
+            );
+        }
+        assert!(
+            inserts
+                .iter()
+                .any(|s| s.matches("(?, 1, ?, ?)").count() == 2),
+            "this create's two shipments in one: {inserts:?}"
+        );
+    }
 }
 
 #[tokio::test]
