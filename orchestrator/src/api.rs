@@ -167,6 +167,103 @@ fn wait_of(d: Option<&prost_types::Duration>) -> Result<Duration, Rejection> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchCheckoutResponse, Status>> + Send>>;
 
+/// A new checkout's saga as StartCheckout stores it, with the first step's write-ahead record
+/// and the answer it gives.
+struct NewCheckout {
+    saga: SagaRow,
+    first: Option<WriteAhead>,
+    steps: Vec<store::StepRow>,
+    attempts: Vec<AttemptRow>,
+    events: Vec<NewEvent>,
+    now: i64,
+    answer: StartCheckoutResponse,
+}
+
+impl CheckoutApi {
+    /// The saga a StartCheckout request stores, driven by this replica from the start.
+    fn new_checkout(&self, req: &StartCheckoutRequest) -> Result<NewCheckout, Status> {
+        let input = CheckoutInput {
+            cart_id: req.cart_id.clone(),
+            customer_id: req.customer_id.clone(),
+            payment_token: req.payment_token.clone(),
+            address: req
+                .shipping_address
+                .as_ref()
+                .map(Into::into)
+                .unwrap_or_default(),
+        };
+        let def = self.engine.definition();
+        let lease_ttl = self.engine.config().lease_ttl;
+        let now = now_millis();
+        let mut saga = SagaRow {
+            saga_id: uuid::Uuid::now_v7().to_string(),
+            saga_type: SAGA_TYPE.to_owned(),
+            cart_id: req.cart_id.clone(),
+            customer_id: req.customer_id.clone(),
+            status: SagaStatus::Running.as_str().to_owned(),
+            direction: Direction::Forward.as_str().to_owned(),
+            step_index: 0,
+            input: serde_json::to_string(&input).map_err(|e| status::internal(&e))?,
+            outputs: "{}".to_owned(),
+            failure_reason: String::new(),
+            failure_message: String::new(),
+            failure_step: String::new(),
+            cancel_requested: false,
+            pivot_started: false,
+            deadline_at: now
+                .saturating_add(i64::try_from(def.deadline.as_millis()).unwrap_or(i64::MAX)),
+            next_attempt_at: now,
+            // Accepted here, so driven here at once; the sweeper takes it if this replica dies.
+            lease_owner: Some(self.engine.config().replica_id.clone()),
+            lease_expires_at: now
+                .saturating_add(i64::try_from(lease_ttl.as_millis()).unwrap_or(i64::MAX)),
+            version: 1,
+            // The request's trace context: the saga's spans, even after a restart, join it.
+            trace_context: checkout_kit::telemetry::current_traceparent(),
+            created_at: now,
+            updated_at: now,
+        };
+        // The first step's write-ahead goes with the saga: one durable write fewer.
+        let first = self.engine.first_write_ahead(&mut saga);
+        let steps = first.as_ref().map_or_else(Vec::new, |f| f.steps.clone());
+        let mut events = vec![NewEvent {
+            kind: "accepted",
+            step: String::new(),
+            message: "checkout accepted".to_owned(),
+            status: saga.status.clone(),
+        }];
+        let mut attempts = Vec::new();
+        if let Some(first) = &first {
+            events.push(first.event.clone());
+            attempts.push(first.attempt.clone());
+        }
+        let timeline: Vec<EventRow> = events
+            .iter()
+            .zip(1..)
+            .map(|(e, sequence)| EventRow {
+                sequence,
+                at: now,
+                kind: e.kind.to_owned(),
+                step: e.step.clone(),
+                message: e.message.clone(),
+                status: e.status.clone(),
+            })
+            .collect();
+        let answer = StartCheckoutResponse {
+            checkout: Some(view::checkout(def, &saga, &steps, &attempts, &timeline)),
+        };
+        Ok(NewCheckout {
+            saga,
+            first,
+            steps,
+            attempts,
+            events,
+            now,
+            answer,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl CheckoutService for CheckoutApi {
     async fn start_checkout(
@@ -193,91 +290,36 @@ impl CheckoutService for CheckoutApi {
         };
         v.finish()?;
         let key = Key::new(START, &req)?;
-        let input = CheckoutInput {
-            cart_id: req.cart_id.clone(),
-            customer_id: req.customer_id.clone(),
-            payment_token: req.payment_token.clone(),
-            address: req
-                .shipping_address
-                .as_ref()
-                .map(Into::into)
-                .unwrap_or_default(),
+        let fresh = self.new_checkout(&req)?;
+        // On Postgres the saga and the request's key are one statement with no BEGIN or
+        // COMMIT; when that changes nothing (the key is remembered, or on SQLite) the request
+        // goes the usual way, which settles a repeat as it always does.
+        let alone = store::start_in_one_statement(
+            &self.idempotency,
+            &key,
+            &fresh.answer,
+            &fresh.saga,
+            &fresh.steps,
+            &fresh.attempts.iter().collect::<Vec<_>>(),
+            &fresh.events.iter().collect::<Vec<_>>(),
+            fresh.now,
+        )
+        .await?;
+        // The saga stored; for a repeated request the usual way rolls it back and answers the
+        // stored checkout instead.
+        let started = if alone {
+            fresh.answer.clone()
+        } else {
+            idempotent!(self.idempotency, key, |tx| {
+                let attempts: Vec<&AttemptRow> = fresh.attempts.iter().collect();
+                let events: Vec<&NewEvent> = fresh.events.iter().collect();
+                store::insert_saga(tx, &fresh.saga, &fresh.steps, &attempts, &events, fresh.now)
+                    .await
+                    .map_err(db_status)?;
+                Ok(fresh.answer.clone())
+            })?
         };
-        let def = self.engine.definition();
-        let owner = self.engine.config().replica_id.clone();
-        let lease_ttl = self.engine.config().lease_ttl;
-        // The saga the body stored; the body runs for a repeated request too, and its saga is
-        // rolled back then.
-        let created: SagaRow;
-        let written_ahead: Option<WriteAhead>;
-        let started = idempotent!(self.idempotency, key, |tx| {
-            let now = now_millis();
-            let mut saga = SagaRow {
-                saga_id: uuid::Uuid::now_v7().to_string(),
-                saga_type: SAGA_TYPE.to_owned(),
-                cart_id: req.cart_id.clone(),
-                customer_id: req.customer_id.clone(),
-                status: SagaStatus::Running.as_str().to_owned(),
-                direction: Direction::Forward.as_str().to_owned(),
-                step_index: 0,
-                input: serde_json::to_string(&input).map_err(|e| status::internal(&e))?,
-                outputs: "{}".to_owned(),
-                failure_reason: String::new(),
-                failure_message: String::new(),
-                failure_step: String::new(),
-                cancel_requested: false,
-                pivot_started: false,
-                deadline_at: now
-                    .saturating_add(i64::try_from(def.deadline.as_millis()).unwrap_or(i64::MAX)),
-                next_attempt_at: now,
-                // Accepted here, so driven here at once; the sweeper takes it if this replica dies.
-                lease_owner: Some(owner.clone()),
-                lease_expires_at: now
-                    .saturating_add(i64::try_from(lease_ttl.as_millis()).unwrap_or(i64::MAX)),
-                version: 1,
-                // The request's trace context: the saga's spans, even after a restart, join it.
-                trace_context: checkout_kit::telemetry::current_traceparent(),
-                created_at: now,
-                updated_at: now,
-            };
-            // The first step's write-ahead goes with the saga: one durable write fewer.
-            let first = self.engine.first_write_ahead(&mut saga);
-            let steps = first.as_ref().map_or_else(Vec::new, |f| f.steps.clone());
-            let accepted = NewEvent {
-                kind: "accepted",
-                step: String::new(),
-                message: "checkout accepted".to_owned(),
-                status: saga.status.clone(),
-            };
-            let mut events = vec![&accepted];
-            let mut attempts = Vec::new();
-            if let Some(first) = &first {
-                events.push(&first.event);
-                attempts.push(first.attempt.clone());
-            }
-            let attempt_rows: Vec<&AttemptRow> = attempts.iter().collect();
-            store::insert_saga(tx, &saga, &steps, &attempt_rows, &events, now)
-                .await
-                .map_err(db_status)?;
-            let timeline: Vec<EventRow> = events
-                .iter()
-                .zip(1..)
-                .map(|(e, sequence)| EventRow {
-                    sequence,
-                    at: now,
-                    kind: e.kind.to_owned(),
-                    step: e.step.clone(),
-                    message: e.message.clone(),
-                    status: e.status.clone(),
-                })
-                .collect();
-            let answer = StartCheckoutResponse {
-                checkout: Some(view::checkout(def, &saga, &steps, &attempts, &timeline)),
-            };
-            written_ahead = first;
-            created = saga;
-            Ok(answer)
-        })?;
+        let (created, written_ahead) = (fresh.saga, fresh.first);
         let checkout_id = started
             .checkout
             .as_ref()

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use checkout_kit::db::{Backend, DbError, Tx, values_list};
+use checkout_kit::idempotency::{Idempotency, Key, PgQuery, in_one_statement_sql};
 use checkout_kit::on_backend;
 
 /// A saga row.
@@ -294,10 +295,11 @@ where
 }
 
 /// A new saga on Postgres: the saga insert and, as data-modifying CTEs joined to its result,
-/// the steps, attempts and events inserts, each table's rows as one array per column.
-static INSERT_SAGA_POSTGRES: LazyLock<String> = LazyLock::new(|| {
+/// the steps, attempts and events inserts, each table's rows as one array per column. The `WITH`
+/// list without its `WITH`, and the final statement, its parameters numbered from `$1`.
+static NEW_SAGA_POSTGRES: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH s AS ( \
+        "s AS ( \
            INSERT INTO sagas ({SAGA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
              $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
            RETURNING saga_id \
@@ -320,15 +322,44 @@ static INSERT_SAGA_POSTGRES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-async fn insert_saga_in_one_statement(
-    conn: &mut checkout_kit::db::PgTx,
-    s: &SagaRow,
-    rows: &[StepRow],
-    attempts: &[&AttemptRow],
-    events: &[&NewEvent],
+/// [`NEW_SAGA_POSTGRES`] as a statement of its own.
+static INSERT_SAGA_POSTGRES: LazyLock<String> =
+    LazyLock::new(|| format!("WITH {}", NEW_SAGA_POSTGRES.as_str()));
+
+/// [`NEW_SAGA_POSTGRES`] after the request's idempotency key, which takes `$1`–`$9`.
+static START_POSTGRES: LazyLock<String> =
+    LazyLock::new(|| in_one_statement_sql(&shift_parameters(&NEW_SAGA_POSTGRES, 9)));
+
+/// `sql` with every `$n` made `$n+by`.
+fn shift_parameters(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Binds a new saga's values to [`NEW_SAGA_POSTGRES`] (after whatever `q` has bound).
+fn bind_new_saga<'q>(
+    q: PgQuery<'q>,
+    s: &'q SagaRow,
+    rows: &'q [StepRow],
+    attempts: &[&'q AttemptRow],
+    events: &[&'q NewEvent],
     at: i64,
-) -> Result<(), DbError> {
-    bind_saga(sqlx::query(INSERT_SAGA_POSTGRES.as_str()), s)
+) -> PgQuery<'q> {
+    bind_saga(q, s)
         .bind(column(rows, |r| r.step_index))
         .bind(column(rows, |r| r.name.as_str()))
         .bind(column(rows, |r| r.status.as_str()))
@@ -351,9 +382,49 @@ async fn insert_saga_in_one_statement(
         .bind(column(events, |e| e.step.as_str()))
         .bind(column(events, |e| e.message.as_str()))
         .bind(column(events, |e| e.status.as_str()))
-        .execute(&mut **conn)
-        .await?;
+}
+
+async fn insert_saga_in_one_statement(
+    conn: &mut checkout_kit::db::PgTx,
+    s: &SagaRow,
+    rows: &[StepRow],
+    attempts: &[&AttemptRow],
+    events: &[&NewEvent],
+    at: i64,
+) -> Result<(), DbError> {
+    bind_new_saga(
+        sqlx::query(INSERT_SAGA_POSTGRES.as_str()),
+        s,
+        rows,
+        attempts,
+        events,
+        at,
+    )
+    .execute(&mut **conn)
+    .await?;
     Ok(())
+}
+
+/// Stores a new saga as [`insert_saga`] does, together with the StartCheckout request's key
+/// and answer, as one Postgres statement outside any transaction
+/// ([`Idempotency::in_one_statement`]). False when nothing was written: on SQLite, or when the
+/// key is known already; the request then goes the usual way.
+#[allow(clippy::too_many_arguments)]
+pub async fn start_in_one_statement(
+    idempotency: &Idempotency,
+    key: &Key,
+    answer: &checkout_proto::checkout::StartCheckoutResponse,
+    s: &SagaRow,
+    rows: &[StepRow],
+    attempts: &[&AttemptRow],
+    events: &[&NewEvent],
+    at: i64,
+) -> Result<bool, tonic::Status> {
+    idempotency
+        .in_one_statement(key, answer, START_POSTGRES.as_str(), |q| {
+            bind_new_saga(q, s, rows, attempts, events, at)
+        })
+        .await
 }
 
 /// A saga.
@@ -1556,6 +1627,20 @@ mod tests {
             tx.commit().await.unwrap();
         }
         db.close().await;
+    }
+
+    #[test]
+    fn parameters_shift_by_number_and_nothing_else_moves() {
+        assert_eq!(
+            shift_parameters("VALUES ($1, $10, '$x', $2::int8[]) $", 9),
+            "VALUES ($10, $19, '$x', $11::int8[]) $"
+        );
+        // The key's nine come first, so the saga's own start at $10.
+        let (_, saga) = START_POSTGRES
+            .split_once(" s AS (")
+            .expect("the saga after the key");
+        assert!(saga.contains("VALUES ($10, $11,") && saga.contains("$53::text[]"));
+        assert!(!saga.contains("$1,") && !saga.contains("$9,"));
     }
 
     #[test]

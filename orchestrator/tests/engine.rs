@@ -285,3 +285,101 @@ async fn a_saga_past_its_deadline_before_the_pivot_compensates() {
     assert_eq!(checkout.failure.unwrap().reason, "DEADLINE_EXCEEDED");
     assert!(h.commands().iter().all(|c| c.0 != "capture_payment"));
 }
+
+#[tokio::test]
+async fn on_postgres_a_new_checkout_and_its_key_are_one_round_trip_and_a_repeat_replays_it() {
+    use checkout_kit::db::{Backend, Db, PoolConfig};
+    use checkout_kit::status::reason_of;
+    use checkout_kit::testing::{self, RoundTrips};
+
+    if testing::backend() != Backend::Postgres {
+        return;
+    }
+    let database = TestDatabase::new("start_one_statement");
+    let db = database
+        .migrated(&checkout_orchestrator::MIGRATIONS)
+        .await
+        .unwrap();
+    // The idempotency layer (where a new checkout is written) talks through a counting proxy;
+    // the engine that drives the sagas does not.
+    let proxy = RoundTrips::count(&database).await;
+    let via = Db::connect(proxy.url(), &PoolConfig::default())
+        .await
+        .unwrap();
+    let def = checkout_saga::definition(Duration::from_secs(60), Duration::from_secs(1));
+    let engine = Engine::new(
+        db.clone(),
+        def,
+        Arc::new(Scripted(Arc::new(Script::default()))),
+        EngineConfig::default(),
+    );
+    let api = CheckoutApi::new(
+        db.clone(),
+        Idempotency::new(via.clone(), IdempotencyConfig::default()),
+        engine,
+    );
+    let request = |request_id: &str, cart_id: &str| StartCheckoutRequest {
+        request_id: request_id.to_owned(),
+        cart_id: cart_id.to_owned(),
+        customer_id: "frank".to_owned(),
+        payment_token: "tok_visa".to_owned(),
+        shipping_address: Some(Address {
+            recipient_name: "Frank".to_owned(),
+            line1: "2 Main St".to_owned(),
+            city: "Town".to_owned(),
+            postal_code: "11111".to_owned(),
+            country_code: "US".to_owned(),
+            ..Address::default()
+        }),
+        wait_for_outcome: None,
+    };
+    let mut round_trips = Vec::new();
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        let (request_id, cart_id) = (rid(), rid());
+        let before = proxy.settled().await;
+        let answer = api
+            .start_checkout(Request::new(request(&request_id, &cart_id)))
+            .await
+            .unwrap()
+            .into_inner()
+            .checkout
+            .unwrap();
+        round_trips.push(proxy.settled().await - before);
+        started.push((request_id, cart_id, answer));
+    }
+    // The first prepares the statement on its connection: a round trip more.
+    assert_eq!(round_trips[1], 1, "the saga and the key in one statement");
+
+    let (request_id, cart_id, first) = &started[0];
+    let again = api
+        .start_checkout(Request::new(request(request_id, cart_id)))
+        .await
+        .unwrap()
+        .into_inner()
+        .checkout
+        .unwrap();
+    assert_eq!(
+        again.checkout_id, first.checkout_id,
+        "a repeat answers the same checkout"
+    );
+    let reused = api
+        .start_checkout(Request::new(request(request_id, &rid())))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason_of(&reused).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+    let mut read = db.single_read().await.unwrap();
+    let sagas: i64 = checkout_kit::on_backend!(&mut read, conn => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM sagas")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    });
+    read.rollback().await.unwrap();
+    assert_eq!(sagas, 2, "one saga per new request, none for the repeats");
+    via.close().await;
+    db.close().await;
+}
