@@ -179,6 +179,19 @@ struct NewCheckout {
     answer: StartCheckoutResponse,
 }
 
+impl NewCheckout {
+    /// The rows stored.
+    fn stored(&self) -> store::NewSaga<'_> {
+        store::NewSaga {
+            saga: &self.saga,
+            steps: &self.steps,
+            attempts: &self.attempts,
+            events: &self.events,
+            at: self.now,
+        }
+    }
+}
+
 impl CheckoutApi {
     /// The saga a StartCheckout request stores, driven by this replica from the start.
     fn new_checkout(&self, req: &StartCheckoutRequest) -> Result<NewCheckout, Status> {
@@ -294,29 +307,19 @@ impl CheckoutService for CheckoutApi {
         // On Postgres the saga and the request's key are one statement with no BEGIN or
         // COMMIT; when that changes nothing (the key is remembered, or on SQLite) the request
         // goes the usual way, which settles a repeat as it always does.
-        let alone = store::start_in_one_statement(
-            &self.idempotency,
-            &key,
-            &fresh.answer,
-            &fresh.saga,
-            &fresh.steps,
-            &fresh.attempts.iter().collect::<Vec<_>>(),
-            &fresh.events.iter().collect::<Vec<_>>(),
-            fresh.now,
-        )
-        .await?;
+        let alone =
+            store::start_in_one_statement(&self.idempotency, &key, &fresh.answer, &fresh.stored())
+                .await?;
         // The saga stored; for a repeated request the usual way rolls it back and answers the
         // stored checkout instead.
         let started = if alone {
-            fresh.answer.clone()
+            fresh.answer
         } else {
             idempotent!(self.idempotency, key, |tx| {
-                let attempts: Vec<&AttemptRow> = fresh.attempts.iter().collect();
-                let events: Vec<&NewEvent> = fresh.events.iter().collect();
-                store::insert_saga(tx, &fresh.saga, &fresh.steps, &attempts, &events, fresh.now)
+                store::insert_saga(tx, &fresh.stored())
                     .await
                     .map_err(db_status)?;
-                Ok(fresh.answer.clone())
+                Ok(fresh.answer)
             })?
         };
         let (created, written_ahead) = (fresh.saga, fresh.first);

@@ -134,22 +134,30 @@ const SAGA_COLUMNS: &str = "saga_id, saga_type, cart_id, customer_id, status, di
      cancel_requested, pivot_started, deadline_at, next_attempt_at, lease_owner, \
      lease_expires_at, version, trace_context, created_at, updated_at";
 
+/// A new saga with what is stored together with it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSaga<'a> {
+    /// The saga row.
+    pub saga: &'a SagaRow,
+    /// Its steps.
+    pub steps: &'a [StepRow],
+    /// The first step's write-ahead attempt, if any.
+    pub attempts: &'a [AttemptRow],
+    /// The opening events of its timeline (numbered from 1).
+    pub events: &'a [NewEvent],
+    /// When the events happened.
+    pub at: i64,
+}
+
 /// Inserts a new saga with its steps, the first step's write-ahead attempt (if any) and the
 /// opening events of its timeline (numbered from 1). On Postgres that is one statement. On
 /// SQLite it is one insert per table, sent to the writer connection's thread as one string:
 /// sqlx runs a string's statements in order, each statement's anonymous `?` taking the next
 /// values bound, so the four cost one hand-off to that thread instead of four.
-pub async fn insert_saga(
-    tx: &mut Tx,
-    s: &SagaRow,
-    rows: &[StepRow],
-    attempts: &[&AttemptRow],
-    events: &[&NewEvent],
-    at: i64,
-) -> Result<(), DbError> {
+pub async fn insert_saga(tx: &mut Tx, new: &NewSaga<'_>) -> Result<(), DbError> {
     let conn = match tx {
         Tx::Postgres(conn) => {
-            return insert_saga_in_one_statement(conn, s, rows, attempts, events, at).await;
+            return insert_saga_in_one_statement(conn, new).await;
         }
         Tx::Sqlite(conn) => conn,
     };
@@ -158,9 +166,14 @@ pub async fn insert_saga(
         values_list(Backend::Sqlite, 1, 22)
     );
     for (table, columns, count, width) in [
-        ("saga_steps", STEP_INSERT_COLUMNS, rows.len(), 9),
-        ("saga_attempts", ATTEMPT_INSERT_COLUMNS, attempts.len(), 10),
-        ("saga_events", EVENT_INSERT_COLUMNS, events.len(), 7),
+        ("saga_steps", STEP_INSERT_COLUMNS, new.steps.len(), 9),
+        (
+            "saga_attempts",
+            ATTEMPT_INSERT_COLUMNS,
+            new.attempts.len(),
+            10,
+        ),
+        ("saga_events", EVENT_INSERT_COLUMNS, new.events.len(), 7),
     ] {
         if count > 0 {
             sql += &format!(
@@ -169,15 +182,15 @@ pub async fn insert_saga(
             );
         }
     }
-    let mut q = bind_saga(sqlx::query(&sql), s);
-    for r in rows {
-        q = bind_step(q, &s.saga_id, r);
+    let mut q = bind_saga(sqlx::query(&sql), new.saga);
+    for r in new.steps {
+        q = bind_step(q, &new.saga.saga_id, r);
     }
-    for a in attempts {
-        q = bind_attempt(q, &s.saga_id, a);
+    for a in new.attempts {
+        q = bind_attempt(q, &new.saga.saga_id, a);
     }
-    for (sequence, e) in (1..).zip(events) {
-        q = bind_event(q, &s.saga_id, sequence, at, e);
+    for (sequence, e) in (1..).zip(new.events) {
+        q = bind_event(q, &new.saga.saga_id, sequence, new.at, e);
     }
     q.execute(&mut **conn).await?;
     Ok(())
@@ -351,57 +364,39 @@ fn shift_parameters(sql: &str, by: usize) -> String {
 }
 
 /// Binds a new saga's values to [`NEW_SAGA_POSTGRES`] (after whatever `q` has bound).
-fn bind_new_saga<'q>(
-    q: PgQuery<'q>,
-    s: &'q SagaRow,
-    rows: &'q [StepRow],
-    attempts: &[&'q AttemptRow],
-    events: &[&'q NewEvent],
-    at: i64,
-) -> PgQuery<'q> {
-    bind_saga(q, s)
-        .bind(column(rows, |r| r.step_index))
-        .bind(column(rows, |r| r.name.as_str()))
-        .bind(column(rows, |r| r.status.as_str()))
-        .bind(column(rows, |r| r.forward_attempts))
-        .bind(column(rows, |r| r.compensation_attempts))
-        .bind(column(rows, |r| r.forward_retry_base))
-        .bind(column(rows, |r| r.compensation_retry_base))
-        .bind(column(rows, |r| r.may_have_applied))
-        .bind(column(attempts, |a| a.step_index))
-        .bind(column(attempts, |a| a.direction.as_str()))
-        .bind(column(attempts, |a| a.number))
-        .bind(column(attempts, |a| a.request_id.as_str()))
-        .bind(column(attempts, |a| a.outcome.as_str()))
-        .bind(column(attempts, |a| a.status_code.as_str()))
-        .bind(column(attempts, |a| a.message.as_str()))
-        .bind(column(attempts, |a| a.started_at))
-        .bind(column(attempts, |a| a.ended_at))
-        .bind(at)
-        .bind(column(events, |e| e.kind))
-        .bind(column(events, |e| e.step.as_str()))
-        .bind(column(events, |e| e.message.as_str()))
-        .bind(column(events, |e| e.status.as_str()))
+fn bind_new_saga<'q>(q: PgQuery<'q>, new: &NewSaga<'q>) -> PgQuery<'q> {
+    bind_saga(q, new.saga)
+        .bind(column(new.steps, |r| r.step_index))
+        .bind(column(new.steps, |r| r.name.as_str()))
+        .bind(column(new.steps, |r| r.status.as_str()))
+        .bind(column(new.steps, |r| r.forward_attempts))
+        .bind(column(new.steps, |r| r.compensation_attempts))
+        .bind(column(new.steps, |r| r.forward_retry_base))
+        .bind(column(new.steps, |r| r.compensation_retry_base))
+        .bind(column(new.steps, |r| r.may_have_applied))
+        .bind(column(new.attempts, |a| a.step_index))
+        .bind(column(new.attempts, |a| a.direction.as_str()))
+        .bind(column(new.attempts, |a| a.number))
+        .bind(column(new.attempts, |a| a.request_id.as_str()))
+        .bind(column(new.attempts, |a| a.outcome.as_str()))
+        .bind(column(new.attempts, |a| a.status_code.as_str()))
+        .bind(column(new.attempts, |a| a.message.as_str()))
+        .bind(column(new.attempts, |a| a.started_at))
+        .bind(column(new.attempts, |a| a.ended_at))
+        .bind(new.at)
+        .bind(column(new.events, |e| e.kind))
+        .bind(column(new.events, |e| e.step.as_str()))
+        .bind(column(new.events, |e| e.message.as_str()))
+        .bind(column(new.events, |e| e.status.as_str()))
 }
 
 async fn insert_saga_in_one_statement(
     conn: &mut checkout_kit::db::PgTx,
-    s: &SagaRow,
-    rows: &[StepRow],
-    attempts: &[&AttemptRow],
-    events: &[&NewEvent],
-    at: i64,
+    new: &NewSaga<'_>,
 ) -> Result<(), DbError> {
-    bind_new_saga(
-        sqlx::query(INSERT_SAGA_POSTGRES.as_str()),
-        s,
-        rows,
-        attempts,
-        events,
-        at,
-    )
-    .execute(&mut **conn)
-    .await?;
+    bind_new_saga(sqlx::query(INSERT_SAGA_POSTGRES.as_str()), new)
+        .execute(&mut **conn)
+        .await?;
     Ok(())
 }
 
@@ -409,20 +404,15 @@ async fn insert_saga_in_one_statement(
 /// and answer, as one Postgres statement outside any transaction
 /// ([`Idempotency::in_one_statement`]). False when nothing was written: on SQLite, or when the
 /// key is known already; the request then goes the usual way.
-#[allow(clippy::too_many_arguments)]
 pub async fn start_in_one_statement(
     idempotency: &Idempotency,
     key: &Key,
     answer: &checkout_proto::checkout::StartCheckoutResponse,
-    s: &SagaRow,
-    rows: &[StepRow],
-    attempts: &[&AttemptRow],
-    events: &[&NewEvent],
-    at: i64,
+    new: &NewSaga<'_>,
 ) -> Result<bool, tonic::Status> {
     idempotency
         .in_one_statement(key, answer, START_POSTGRES.as_str(), |q| {
-            bind_new_saga(q, s, rows, attempts, events, at)
+            bind_new_saga(q, new)
         })
         .await
 }

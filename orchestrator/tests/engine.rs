@@ -92,27 +92,37 @@ fn rid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Frank's checkout of `cart_id`.
+fn start_request(
+    request_id: &str,
+    cart_id: &str,
+    wait_for_outcome: Option<prost_types::Duration>,
+) -> StartCheckoutRequest {
+    StartCheckoutRequest {
+        request_id: request_id.to_owned(),
+        cart_id: cart_id.to_owned(),
+        customer_id: "frank".to_owned(),
+        payment_token: "tok_visa".to_owned(),
+        shipping_address: Some(Address {
+            recipient_name: "Frank".to_owned(),
+            line1: "2 Main St".to_owned(),
+            city: "Town".to_owned(),
+            postal_code: "11111".to_owned(),
+            country_code: "US".to_owned(),
+            ..Address::default()
+        }),
+        wait_for_outcome,
+    }
+}
+
 impl Harness {
     async fn start(&self) -> Checkout {
+        let wait = prost_types::Duration {
+            seconds: 10,
+            nanos: 0,
+        };
         self.api
-            .start_checkout(Request::new(StartCheckoutRequest {
-                request_id: rid(),
-                cart_id: rid(),
-                customer_id: "frank".to_owned(),
-                payment_token: "tok_visa".to_owned(),
-                shipping_address: Some(Address {
-                    recipient_name: "Frank".to_owned(),
-                    line1: "2 Main St".to_owned(),
-                    city: "Town".to_owned(),
-                    postal_code: "11111".to_owned(),
-                    country_code: "US".to_owned(),
-                    ..Address::default()
-                }),
-                wait_for_outcome: Some(prost_types::Duration {
-                    seconds: 10,
-                    nanos: 0,
-                }),
-            }))
+            .start_checkout(Request::new(start_request(&rid(), &rid(), Some(wait))))
             .await
             .unwrap()
             .into_inner()
@@ -318,21 +328,7 @@ async fn on_postgres_a_new_checkout_and_its_key_are_one_round_trip_and_a_repeat_
         Idempotency::new(via.clone(), IdempotencyConfig::default()),
         engine,
     );
-    let request = |request_id: &str, cart_id: &str| StartCheckoutRequest {
-        request_id: request_id.to_owned(),
-        cart_id: cart_id.to_owned(),
-        customer_id: "frank".to_owned(),
-        payment_token: "tok_visa".to_owned(),
-        shipping_address: Some(Address {
-            recipient_name: "Frank".to_owned(),
-            line1: "2 Main St".to_owned(),
-            city: "Town".to_owned(),
-            postal_code: "11111".to_owned(),
-            country_code: "US".to_owned(),
-            ..Address::default()
-        }),
-        wait_for_outcome: None,
-    };
+    let request = |request_id: &str, cart_id: &str| start_request(request_id, cart_id, None);
     let mut round_trips = Vec::new();
     let mut started = Vec::new();
     for _ in 0..2 {

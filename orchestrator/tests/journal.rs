@@ -66,9 +66,14 @@ async fn stored(db: &Db, n: usize) -> Vec<SagaRow> {
                 may_have_applied: false,
             })
             .collect();
-        store::insert_saga(&mut tx, &s, &steps, &[], &[], 0)
-            .await
-            .unwrap();
+        let new = store::NewSaga {
+            saga: &s,
+            steps: &steps,
+            attempts: &[],
+            events: &[],
+            at: 0,
+        };
+        store::insert_saga(&mut tx, &new).await.unwrap();
         sagas.push(s);
     }
     tx.commit().await.unwrap();
@@ -353,16 +358,15 @@ async fn a_new_saga_is_one_statement_on_postgres_and_one_hand_off_on_sqlite() {
             None => 0,
         };
         let mut tx = via.begin().await.unwrap();
-        store::insert_saga(
-            &mut tx,
-            &s,
-            &first.steps,
-            &[&attempt],
-            &[&accepted, &first.events[0]],
-            1_234,
-        )
-        .await
-        .unwrap();
+        let events = [accepted.clone(), first.events[0].clone()];
+        let new = store::NewSaga {
+            saga: &s,
+            steps: &first.steps,
+            attempts: std::slice::from_ref(&attempt),
+            events: &events,
+            at: 1_234,
+        };
+        store::insert_saga(&mut tx, &new).await.unwrap();
         tx.commit().await.unwrap();
         if let Some(proxy) = &proxy {
             round_trips.push(proxy.settled().await - before);

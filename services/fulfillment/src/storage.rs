@@ -233,23 +233,7 @@ pub async fn insert_shipments(
     );
     let mut q = sqlx::query(&sql);
     for (s, _) in shipments {
-        q = q
-            .bind(&s.shipment_id)
-            .bind(&s.checkout_id)
-            .bind(&s.warehouse_id)
-            .bind(&s.status)
-            .bind(&s.tracking_number)
-            .bind(&s.recipient_name)
-            .bind(&s.line1)
-            .bind(&s.line2)
-            .bind(&s.city)
-            .bind(&s.region)
-            .bind(&s.postal_code)
-            .bind(&s.country_code)
-            .bind(&s.phone)
-            .bind(s.version)
-            .bind(s.created_at)
-            .bind(s.updated_at);
+        q = bind_shipment(q, s);
     }
     for (shipment_id, line) in &lines {
         q = q.bind(*shipment_id).bind(&line.sku).bind(line.quantity);
@@ -261,6 +245,33 @@ pub async fn insert_shipments(
     Ok(())
 }
 
+/// A statement with its values bound so far, on either backend.
+type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
+
+/// Binds a shipment's columns in [`SHIPMENT_COLUMNS`] order.
+fn bind_shipment<'q, DB: sqlx::Database>(q: Query<'q, DB>, s: &'q ShipmentRow) -> Query<'q, DB>
+where
+    &'q String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(&s.shipment_id)
+        .bind(&s.checkout_id)
+        .bind(&s.warehouse_id)
+        .bind(&s.status)
+        .bind(&s.tracking_number)
+        .bind(&s.recipient_name)
+        .bind(&s.line1)
+        .bind(&s.line2)
+        .bind(&s.city)
+        .bind(&s.region)
+        .bind(&s.postal_code)
+        .bind(&s.country_code)
+        .bind(&s.phone)
+        .bind(s.version)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+}
+
 /// Stores a new shipment.
 async fn insert_shipment(tx: &mut Tx, s: &ShipmentRow) -> Result<(), DbError> {
     let sql = format!(
@@ -268,23 +279,7 @@ async fn insert_shipment(tx: &mut Tx, s: &ShipmentRow) -> Result<(), DbError> {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     );
     on_backend!(tx, conn => {
-        sqlx::query(&sql)
-            .bind(&s.shipment_id)
-            .bind(&s.checkout_id)
-            .bind(&s.warehouse_id)
-            .bind(&s.status)
-            .bind(&s.tracking_number)
-            .bind(&s.recipient_name)
-            .bind(&s.line1)
-            .bind(&s.line2)
-            .bind(&s.city)
-            .bind(&s.region)
-            .bind(&s.postal_code)
-            .bind(&s.country_code)
-            .bind(&s.phone)
-            .bind(s.version)
-            .bind(s.created_at)
-            .bind(s.updated_at)
+        bind_shipment(sqlx::query(&sql), s)
             .execute(&mut *conn)
             .await?;
     });
