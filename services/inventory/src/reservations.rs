@@ -195,7 +195,7 @@ pub async fn reserve(
             }
         }
     }
-    let taken: Vec<AllocationRow> = allocations.iter().map(|(a, _)| a.clone()).collect();
+    let taken: Vec<&AllocationRow> = allocations.iter().map(|(a, _)| a).collect();
     storage::insert_lines_and_allocations(tx, &row.reservation_id, lines, &taken).await?;
     // Answered from what was written, not read back.
     let ranked: Vec<(AllocationRow, i64)> = allocations

@@ -360,7 +360,7 @@ pub async fn insert_lines_and_allocations(
     tx: &mut Tx,
     reservation_id: &str,
     lines: &[LineRow],
-    allocations: &[AllocationRow],
+    allocations: &[&AllocationRow],
 ) -> Result<(), DbError> {
     if lines.is_empty() && allocations.is_empty() {
         return Ok(());
