@@ -3,7 +3,7 @@
 //! saga is stored.
 
 use checkout_kit::db::{self, Backend, Db, PoolConfig, Tx, now_millis};
-use checkout_kit::testing::{self, RoundTrips, TestDatabase, sqlite_hand_offs};
+use checkout_kit::testing::{self, RoundTrips, TestDatabase, statement_log};
 use checkout_orchestrator::journal::{Journal, NewEvent, SagaWrite, Saved};
 use checkout_orchestrator::store::{self, AttemptRow, SagaRow, StepRow};
 
@@ -330,7 +330,7 @@ async fn a_cancel_committed_while_a_write_waits_for_its_saga_keeps_both_in_the_t
 
 #[tokio::test]
 async fn a_new_saga_is_one_statement_on_postgres_and_one_hand_off_on_sqlite() {
-    sqlite_hand_offs();
+    statement_log();
     let (database, db) = migrated("new_saga").await;
     let proxy = match testing::backend() {
         Backend::Postgres => Some(RoundTrips::count(&database).await),
@@ -402,7 +402,7 @@ async fn a_new_saga_is_one_statement_on_postgres_and_one_hand_off_on_sqlite() {
         );
     } else {
         // Other tests of this binary insert sagas too, always the same way.
-        let inserts: Vec<String> = sqlite_hand_offs()
+        let inserts: Vec<String> = statement_log()
             .into_iter()
             .filter(|s| s.contains("INSERT INTO sagas "))
             .collect();
@@ -428,7 +428,7 @@ async fn a_new_saga_is_one_statement_on_postgres_and_one_hand_off_on_sqlite() {
 #[tokio::test]
 async fn a_saga_write_that_keeps_the_status_and_next_attempt_leaves_their_columns_unset_on_sqlite()
 {
-    sqlite_hand_offs();
+    statement_log();
     let (_database, db) = migrated("keeping_indexed").await;
     let sagas = stored(&db, 4).await;
     let now = now_millis();
@@ -453,14 +453,14 @@ async fn a_saga_write_that_keeps_the_status_and_next_attempt_leaves_their_column
     };
     let saves = [save(&kept), save(&completed), save(&later), save(&stale)];
     let mut tx = db.begin().await.unwrap();
-    let logged_before = sqlite_hand_offs().len();
+    let logged_before = statement_log().len();
     let mut written: Vec<String> = store::save_sagas(&mut tx, &saves)
         .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    let logged = sqlite_hand_offs()[logged_before..].to_vec();
+    let logged = statement_log()[logged_before..].to_vec();
     tx.commit().await.unwrap();
     written.sort();
     let mut expected = vec![
@@ -518,7 +518,7 @@ async fn a_saga_write_that_keeps_the_status_and_next_attempt_leaves_their_column
 
 #[tokio::test]
 async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote_only() {
-    sqlite_hand_offs();
+    statement_log();
     let (_database, db) = migrated("batch_tables").await;
     let sagas = stored(&db, 3).await;
     // The first saga's events need two statements on SQLite (64 rows each at most).
@@ -557,9 +557,9 @@ async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote
         })
         .collect();
     let mut tx = db.begin().await.unwrap();
-    let logged_before = sqlite_hand_offs().len();
+    let logged_before = statement_log().len();
     let written = store::save_batch(&mut tx, &batch, 4_321).await.unwrap();
-    let logged = sqlite_hand_offs()[logged_before..].to_vec();
+    let logged = statement_log()[logged_before..].to_vec();
     tx.commit().await.unwrap();
     assert!(written.contains_key(&sagas[0].saga_id) && written.contains_key(&sagas[1].saga_id));
     assert!(

@@ -5,7 +5,7 @@ use checkout_fulfillment::api::FulfillmentServiceApi;
 use checkout_kit::db::Backend;
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::status::{fields_of, reason_of};
-use checkout_kit::testing::{self, TestDatabase, sqlite_hand_offs};
+use checkout_kit::testing::{self, TestDatabase, statement_log};
 use checkout_proto::common::{Address, Allocation};
 use checkout_proto::fulfillment::fulfillment_service_server::FulfillmentService;
 use checkout_proto::fulfillment::*;
@@ -128,7 +128,7 @@ impl Harness {
 
 #[tokio::test]
 async fn one_shipment_per_warehouse_with_its_lines() {
-    sqlite_hand_offs();
+    statement_log();
     let h = harness().await;
     let checkout = rid();
     let shipments = h.create(&checkout).await.unwrap();
@@ -176,7 +176,7 @@ async fn one_shipment_per_warehouse_with_its_lines() {
     if testing::backend() == Backend::Sqlite {
         // A create's shipments, lines and first events go to the writer's thread as one string
         // (other tests of this binary create too, always the same way).
-        let inserts: Vec<String> = sqlite_hand_offs()
+        let inserts: Vec<String> = statement_log()
             .into_iter()
             .filter(|s| s.contains("INSERT INTO shipments "))
             .collect();

@@ -8,7 +8,7 @@ use checkout_proto::common::Allocation;
 use checkout_proto::inventory::{Reservation, ReservationLine, ReservationState};
 
 use crate::error::InventoryError;
-use crate::storage::{self, AllocationRow, LineRow, ReservationRow, StockRow};
+use crate::storage::{self, AllocationRow, By, LineRow, ReservationRow, StockRow};
 
 const ACTIVE: &str = "active";
 const COMMITTED: &str = "committed";
@@ -39,15 +39,6 @@ fn state_of(state: &str) -> ReservationState {
 /// The reservation as the RPCs return it.
 pub async fn load(tx: &mut Tx, row: &ReservationRow) -> Result<Reservation, InventoryError> {
     let allocations = storage::allocations(tx, &row.reservation_id).await?;
-    load_with(tx, row, allocations).await
-}
-
-/// A reservation with its allocations already read in this transaction.
-async fn load_with(
-    tx: &mut Tx,
-    row: &ReservationRow,
-    allocations: Vec<AllocationRow>,
-) -> Result<Reservation, InventoryError> {
     let lines = storage::lines(tx, &row.reservation_id).await?;
     Ok(reservation(row, lines, allocations))
 }
@@ -132,8 +123,9 @@ const LINE_ROUNDS: u32 = 4;
 /// has committed by then: our update waited for it), the line reads its stock again and tries
 /// once more, in the same transaction, up to [`LINE_ROUNDS`] times: nothing of the line was
 /// taken yet, and a statement under READ COMMITTED sees the winner's row. `Conflict` means a
-/// line still lost, or lost after taking part of its quantity from another warehouse: the
-/// caller rolls the whole transaction back and tries again.
+/// line still lost, lost after taking part of its quantity from another warehouse, or would
+/// now split differently from the allocations written: the caller rolls the whole transaction
+/// back and tries again.
 pub async fn reserve(
     tx: &mut Tx,
     checkout_id: &str,
@@ -172,33 +164,43 @@ pub async fn reserve(
         );
     }
     // Every short sku is named before anything is taken.
-    allocate(lines, &stock).map_err(InventoryError::OutOfStock)?;
-    let mut allocations = Vec::new();
+    let planned = allocate(lines, &stock).map_err(InventoryError::OutOfStock)?;
+    // Written before any stock row is taken: on Postgres a row taken stays locked to every
+    // other reservation of its sku until this transaction commits, so taking the rows last
+    // leaves only the key and the COMMIT inside that window.
+    let written: Vec<&AllocationRow> = planned.iter().map(|(a, _)| a).collect();
+    storage::insert_lines_and_allocations(tx, &row.reservation_id, lines, &written).await?;
     for line in lines {
+        let plan: Vec<(AllocationRow, i64)> = planned
+            .iter()
+            .filter(|(a, _)| a.sku == line.sku)
+            .cloned()
+            .collect();
+        let mut mine = plan.clone();
         let mut round = 1;
         loop {
-            let mine = allocate(std::slice::from_ref(line), &stock)
-                .map_err(|_| InventoryError::Conflict)?;
             match take(tx, &mine, now).await? {
-                Taken::All => {
-                    allocations.extend(mine);
-                    break;
-                }
+                Taken::All => break,
                 Taken::None if round < LINE_ROUNDS => {
                     round += 1;
                     stock.insert(
                         line.sku.clone(),
                         storage::stock_levels(tx, &line.sku).await?,
                     );
+                    mine = allocate(std::slice::from_ref(line), &stock)
+                        .map_err(|_| InventoryError::Conflict)?;
+                    // The allocations written hold only while the line takes the same units
+                    // from the same warehouses; any other split starts the attempt over.
+                    if !same_units(&mine, &plan) {
+                        return Err(InventoryError::Conflict);
+                    }
                 }
                 Taken::None | Taken::Part => return Err(InventoryError::Conflict),
             }
         }
     }
-    let taken: Vec<&AllocationRow> = allocations.iter().map(|(a, _)| a).collect();
-    storage::insert_lines_and_allocations(tx, &row.reservation_id, lines, &taken).await?;
     // Answered from what was written, not read back.
-    let ranked: Vec<(AllocationRow, i64)> = allocations
+    let ranked: Vec<(AllocationRow, i64)> = planned
         .into_iter()
         .map(|(allocation, _)| {
             let priority = stock
@@ -225,6 +227,12 @@ enum Taken {
     None,
     /// A later one lost after earlier ones were taken.
     Part,
+}
+
+/// True when two plans of a line take the same units from the same warehouses (the versions
+/// they expect may differ).
+fn same_units(a: &[(AllocationRow, i64)], b: &[(AllocationRow, i64)]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((x, _), (y, _))| x == y)
 }
 
 /// Takes a line's allocations, each by compare-and-set on the version read, in order, up to
@@ -266,25 +274,31 @@ pub async fn get(tx: &mut Tx, target: &Target) -> Result<Reservation, InventoryE
     load(tx, &row).await
 }
 
+/// Moves the named reservation out of the active state in one statement; `None` when it is
+/// not active (or does not exist).
+async fn leave_active(
+    tx: &mut Tx,
+    target: &Target,
+    to: &str,
+    reason: &str,
+    now: i64,
+) -> Result<Option<ReservationRow>, InventoryError> {
+    let (by, key) = match target {
+        Target::Reservation(id) => (By::Id, id),
+        Target::Checkout(id) => (By::Checkout, id),
+    };
+    Ok(storage::leave_active(tx, by, key, to, reason, now).await?)
+}
+
 /// The reserved stock leaves on_hand. Committing again is harmless; committing a reservation
 /// that no longer holds stock is refused.
 pub async fn commit(tx: &mut Tx, target: &Target) -> Result<Reservation, InventoryError> {
-    let row = find(tx, target)
-        .await?
-        .ok_or(InventoryError::ReservationNotFound)?;
     let now = now_millis();
-    if let Some(committed) =
-        storage::leave_active(tx, &row.reservation_id, COMMITTED, "", now).await?
-    {
-        // The row as this call left it and the allocations it shipped are the answer.
-        let allocations = storage::allocations(tx, &row.reservation_id).await?;
-        for a in &allocations {
-            storage::ship_out(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
-        }
-        return load_with(tx, &committed, allocations).await;
+    if let Some(committed) = leave_active(tx, target, COMMITTED, "", now).await? {
+        return move_stock(tx, &committed, StockMove::ShipOut, now).await;
     }
-    // No longer active: committed before (a repeat) or released; what it is now decides.
-    let row = storage::reservation(tx, &row.reservation_id)
+    // Not active: committed before (a repeat), released, or never made; what it is decides.
+    let row = find(tx, target)
         .await?
         .ok_or(InventoryError::ReservationNotFound)?;
     match row.state.as_str() {
@@ -315,16 +329,10 @@ pub async fn release(
             return load(tx, &tombstone).await;
         }
     }
-    let row = find(tx, target)
-        .await?
-        .ok_or(InventoryError::ReservationNotFound)?;
-    if let Some(released) =
-        storage::leave_active(tx, &row.reservation_id, RELEASED, reason, now).await?
-    {
-        let allocations = return_stock(tx, &row.reservation_id, now).await?;
-        return load_with(tx, &released, allocations).await;
+    if let Some(released) = leave_active(tx, target, RELEASED, reason, now).await? {
+        return move_stock(tx, &released, StockMove::Return, now).await;
     }
-    let row = storage::reservation(tx, &row.reservation_id)
+    let row = find(tx, target)
         .await?
         .ok_or(InventoryError::ReservationNotFound)?;
     match row.state.as_str() {
@@ -337,27 +345,47 @@ pub async fn release(
 /// state meanwhile (committed, released, or expired by another replica's reaper).
 pub async fn expire(tx: &mut Tx, reservation_id: &str) -> Result<bool, InventoryError> {
     let now = now_millis();
-    if storage::leave_active(tx, reservation_id, EXPIRED, "ttl elapsed", now)
-        .await?
-        .is_none()
-    {
-        return Ok(false);
+    match storage::leave_active(tx, By::Id, reservation_id, EXPIRED, "ttl elapsed", now).await? {
+        Some(expired) => {
+            move_stock(tx, &expired, StockMove::Return, now).await?;
+            Ok(true)
+        }
+        None => Ok(false),
     }
-    return_stock(tx, reservation_id, now).await?;
-    Ok(true)
 }
 
-/// Returns a reservation's allocated stock; the allocations it returned.
-async fn return_stock(
+/// Where a reservation's units go when it leaves the active state.
+#[derive(Debug, Clone, Copy)]
+enum StockMove {
+    /// Out of the warehouse (a commit).
+    ShipOut,
+    /// Back to the available units (a release or an expiry).
+    Return,
+}
+
+/// Moves the units of a reservation that has just left the active state, and answers it as
+/// it left it with the allocations moved. Everything is read before the first stock row is
+/// written: on Postgres a written row stays locked to every other reservation of its sku
+/// until the transaction commits.
+async fn move_stock(
     tx: &mut Tx,
-    reservation_id: &str,
+    left: &ReservationRow,
+    to: StockMove,
     now: i64,
-) -> Result<Vec<AllocationRow>, InventoryError> {
-    let allocations = storage::allocations(tx, reservation_id).await?;
+) -> Result<Reservation, InventoryError> {
+    let allocations = storage::allocations(tx, &left.reservation_id).await?;
+    let lines = storage::lines(tx, &left.reservation_id).await?;
     for a in &allocations {
-        storage::unreserve(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
+        match to {
+            StockMove::ShipOut => {
+                storage::ship_out(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
+            }
+            StockMove::Return => {
+                storage::unreserve(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
+            }
+        }
     }
-    Ok(allocations)
+    Ok(reservation(left, lines, allocations))
 }
 
 #[cfg(test)]

@@ -504,22 +504,37 @@ pub fn allocation_order(mut ranked: Vec<(AllocationRow, i64)>) -> Vec<Allocation
     ranked.into_iter().map(|(a, _)| a).collect()
 }
 
+/// The column a statement names a reservation by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// `reservation_id`.
+    Id,
+    /// `checkout_id` (a checkout has at most one reservation).
+    Checkout,
+}
+
 /// Moves an active reservation to `to` and returns it as it left it; `None` when it is no longer
-/// active (someone else — a release, a commit, another replica's reaper — got there first).
+/// active, or never was (someone else — a release, a commit, another replica's reaper — got
+/// there first).
 pub async fn leave_active(
     tx: &mut Tx,
-    reservation_id: &str,
+    by: By,
+    key: &str,
     to: &str,
     reason: &str,
     now: i64,
 ) -> Result<Option<ReservationRow>, DbError> {
+    let column = match by {
+        By::Id => "reservation_id",
+        By::Checkout => "checkout_id",
+    };
     let sql = format!(
         "UPDATE reservations SET state = $2, release_reason = $3, updated_at = $4 \
-         WHERE reservation_id = $1 AND state = 'active' RETURNING {RESERVATION_COLUMNS}"
+         WHERE {column} = $1 AND state = 'active' RETURNING {RESERVATION_COLUMNS}"
     );
     Ok(on_backend!(tx, conn => {
         sqlx::query_as(&sql)
-            .bind(reservation_id)
+            .bind(key)
             .bind(to)
             .bind(reason)
             .bind(now)

@@ -10,7 +10,7 @@ use checkout_kit::db::Db;
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::on_backend;
 use checkout_kit::status::{fields_of, reason_of};
-use checkout_kit::testing::{self, TestDatabase, sqlite_hand_offs};
+use checkout_kit::testing::{self, TestDatabase, statement_log};
 use checkout_proto::inventory::inventory_service_server::InventoryService;
 use checkout_proto::inventory::*;
 use tonic::{Code, Request, Status};
@@ -303,7 +303,7 @@ async fn reservations_fill_warehouses_by_priority_all_or_nothing() {
 
 #[tokio::test]
 async fn a_reservation_answers_its_lines_and_allocations_in_the_order_it_is_read_back() {
-    sqlite_hand_offs();
+    statement_log();
     let h = harness().await;
     // Punctuation orders differently under a language collation (which Postgres may use for
     // text) than byte by byte.
@@ -359,7 +359,7 @@ async fn a_reservation_answers_its_lines_and_allocations_in_the_order_it_is_read
     if testing::backend() == Backend::Sqlite {
         // A reservation's lines and allocations go to the writer's thread as one string, however
         // many (other tests of this binary reserve too, always the same way).
-        let inserts: Vec<String> = sqlite_hand_offs()
+        let inserts: Vec<String> = statement_log()
             .into_iter()
             .filter(|s| {
                 s.contains("INSERT INTO reservation_lines ")

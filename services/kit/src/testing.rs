@@ -288,10 +288,12 @@ async fn count_messages(
     }
 }
 
-/// What sqlx hands to SQLite connections' threads, one entry per hand-off, as its statement log
-/// records it, since the first call (which installs the process-wide subscriber the log needs:
-/// it is written on those threads). Call it once before the statements to be seen.
-pub fn sqlite_hand_offs() -> Vec<String> {
+/// Every statement sqlx ran in this process since the first call, in order, as its statement
+/// log records it (the first call installs the process-wide subscriber the log needs). On
+/// SQLite an entry is one hand-off to a connection's thread, where the log is written, and may
+/// hold several statements. Call it once before the statements to be seen; other tests of the
+/// same binary log theirs too.
+pub fn statement_log() -> Vec<String> {
     use std::sync::{Mutex, Once};
     use tracing_subscriber::layer::SubscriberExt;
 

@@ -1,0 +1,261 @@
+//! How long a reservation holds its stock rows. On Postgres a written stock row stays locked to
+//! every other reservation of its sku until the writer commits, so every handler writes its
+//! stock rows last. A binary of its own, whose tests take turns: the statement log they read is
+//! process-wide.
+
+use std::time::Duration;
+
+use checkout_inventory::api::InventoryServiceApi;
+use checkout_inventory::fixture::StockFixture;
+use checkout_inventory::stock;
+use checkout_kit::db::{Backend, Db};
+use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
+use checkout_kit::on_backend;
+use checkout_kit::testing::{self, TestDatabase, statement_log};
+use checkout_proto::inventory::inventory_service_server::InventoryService;
+use checkout_proto::inventory::*;
+use tonic::Request;
+
+const FIXTURE: &str = r#"{
+  "warehouses": [
+    {"warehouse_id": "east", "region": "us-east", "priority": 1},
+    {"warehouse_id": "west", "region": "us-west", "priority": 2}
+  ],
+  "stock": [
+    {"sku": "SPLIT", "warehouse_id": "east", "on_hand": 40},
+    {"sku": "SPLIT", "warehouse_id": "west", "on_hand": 25},
+    {"sku": "PLENTY", "warehouse_id": "west", "on_hand": 100}
+  ]
+}"#;
+
+async fn harness(label: &str) -> (InventoryServiceApi, Db, TestDatabase) {
+    let database = TestDatabase::new(label);
+    let db = database
+        .migrated(&checkout_inventory::MIGRATIONS)
+        .await
+        .unwrap();
+    stock::seed(&db, &StockFixture::parse(FIXTURE).unwrap())
+        .await
+        .unwrap();
+    let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
+    (
+        InventoryServiceApi::new(db.clone(), idempotency),
+        db,
+        database,
+    )
+}
+
+/// The statement log is process-wide: the tests of this binary take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn line(sku: &str, quantity: i64) -> ReservationLine {
+    ReservationLine {
+        sku: sku.to_owned(),
+        quantity,
+    }
+}
+
+async fn reserve(
+    api: &InventoryServiceApi,
+    checkout_id: &str,
+    lines: Vec<ReservationLine>,
+) -> Reservation {
+    api.reserve_stock(Request::new(ReserveStockRequest {
+        request_id: rid(),
+        checkout_id: checkout_id.to_owned(),
+        lines,
+        ttl: None,
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .reservation
+    .unwrap()
+}
+
+async fn get(api: &InventoryServiceApi, checkout_id: &str) -> Reservation {
+    api.get_reservation(Request::new(GetReservationRequest {
+        target: Some(get_reservation_request::Target::CheckoutId(
+            checkout_id.to_owned(),
+        )),
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .reservation
+    .unwrap()
+}
+
+async fn levels(api: &InventoryServiceApi, sku: &str) -> Vec<(String, i64)> {
+    api.get_stock(Request::new(GetStockRequest {
+        sku: sku.to_owned(),
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .levels
+    .into_iter()
+    .map(|l| (l.warehouse_id, l.reserved))
+    .collect()
+}
+
+fn allocations(reservation: &Reservation) -> Vec<(&str, &str, i64)> {
+    reservation
+        .allocations
+        .iter()
+        .map(|a| (a.sku.as_str(), a.warehouse_id.as_str(), a.quantity))
+        .collect()
+}
+
+/// Asserts that from a request's first stock write on, it ran only more stock writes, its
+/// idempotency key and its COMMIT (which sqlx logs on SQLite only).
+fn assert_stock_written_last(request: &str, logged: &[String]) {
+    let first = logged
+        .iter()
+        .position(|s| s.contains("UPDATE stock SET"))
+        .unwrap_or_else(|| panic!("{request} writes stock: {logged:?}"));
+    for statement in &logged[first..] {
+        assert!(
+            ["UPDATE stock SET", "INSERT INTO idempotency_keys", "COMMIT"]
+                .iter()
+                .any(|s| statement.contains(s)),
+            "{request} holds a stock row across {statement}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reserve_commit_and_release_write_their_stock_rows_last() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    statement_log();
+    let (api, _db, _database) = harness("stock_rows_last").await;
+    let (kept, dropped) = (rid(), rid());
+
+    let before = statement_log().len();
+    reserve(&api, &kept, vec![line("SPLIT", 41), line("PLENTY", 2)]).await;
+    assert_stock_written_last("a reserve", &statement_log()[before..]);
+
+    let before = statement_log().len();
+    reserve(&api, &dropped, vec![line("PLENTY", 3)]).await;
+    assert_stock_written_last("a reserve", &statement_log()[before..]);
+
+    let before = statement_log().len();
+    api.commit_reservation(Request::new(CommitReservationRequest {
+        request_id: rid(),
+        target: Some(commit_reservation_request::Target::CheckoutId(kept.clone())),
+    }))
+    .await
+    .unwrap();
+    assert_stock_written_last("a commit", &statement_log()[before..]);
+
+    let before = statement_log().len();
+    api.release_reservation(Request::new(ReleaseReservationRequest {
+        request_id: rid(),
+        target: Some(release_reservation_request::Target::CheckoutId(
+            dropped.clone(),
+        )),
+        reason: "checkout compensated".to_owned(),
+    }))
+    .await
+    .unwrap();
+    assert_stock_written_last("a release", &statement_log()[before..]);
+
+    // What the handlers answered is what they stored.
+    let committed = get(&api, &kept).await;
+    assert_eq!(committed.state(), ReservationState::Committed);
+    assert_eq!(
+        allocations(&committed),
+        [
+            ("PLENTY", "west", 2),
+            ("SPLIT", "east", 40),
+            ("SPLIT", "west", 1)
+        ]
+    );
+    assert_eq!(
+        get(&api, &dropped).await.state(),
+        ReservationState::Released
+    );
+    assert_eq!(
+        levels(&api, "PLENTY").await,
+        [("west".to_owned(), 0)],
+        "committed units left, released ones returned"
+    );
+}
+
+/// Locks that sessions of this test's Postgres database wait for (a row lock is waited for as
+/// the holder's transaction id, which names no database).
+async fn lock_waits(db: &Db) -> i64 {
+    let mut tx = db.begin_read().await.unwrap();
+    let waits = on_backend!(&mut tx, conn => {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN \
+             (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+        )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    });
+    tx.rollback().await.unwrap();
+    waits
+}
+
+#[tokio::test]
+async fn a_reservation_whose_split_changed_under_it_starts_over_and_stores_the_new_split() {
+    if testing::backend() == Backend::Sqlite {
+        // SQLite runs one writer at a time: nothing changes between a reservation's read of
+        // its stock and its compare-and-set.
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (api, db, _database) = harness("split_changed").await;
+    // Another writer takes one unit of the first warehouse and holds the row.
+    let mut other = db.begin().await.unwrap();
+    on_backend!(&mut other, conn => {
+        sqlx::query(
+            "UPDATE stock SET reserved = reserved + 1, version = version + 1 \
+             WHERE sku = 'SPLIT' AND warehouse_id = 'east'",
+        )
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    });
+    // This reservation read 40 free units there, wrote its split (all 40 from east) and now
+    // waits on the row.
+    let checkout = rid();
+    let reserving = tokio::spawn({
+        let api = api.clone();
+        let checkout = checkout.clone();
+        async move { reserve(&api, &checkout, vec![line("SPLIT", 40)]).await }
+    });
+    let waited = async {
+        while lock_waits(&db).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), waited)
+        .await
+        .expect("the reservation waits on the stock row");
+    other.commit().await.unwrap();
+
+    // Its compare-and-set lost; east has 39 now, so the split is 39 + 1 and the written one
+    // no longer holds.
+    let reserved = reserving.await.unwrap();
+    assert_eq!(
+        allocations(&reserved),
+        [("SPLIT", "east", 39), ("SPLIT", "west", 1)]
+    );
+    assert_eq!(get(&api, &checkout).await, reserved);
+    assert_eq!(
+        levels(&api, "SPLIT").await,
+        [("east".to_owned(), 40), ("west".to_owned(), 1)]
+    );
+    assert!(
+        api.reserve_stats()
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
