@@ -2,11 +2,13 @@
 //! process comes back where its clients look for it.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use checkout_kit::auth::Credentials;
+use rand::Rng;
 
 use crate::role::Role;
 
@@ -48,10 +50,38 @@ pub struct Cluster {
     pub restarts: usize,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// The range the kernel takes outgoing connections' local ports from (Linux's default when it
+/// cannot be read).
+fn ephemeral_ports() -> RangeInclusive<u16> {
+    let configured = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some(bounds.next()??..=bounds.next()??)
+        });
+    configured.unwrap_or(32768..=60999)
+}
+
+/// A free loopback port outside the ephemeral range, and not in `taken`. A killed server must
+/// get its port back when it restarts, and any outgoing connection may hold an ephemeral port
+/// meanwhile: the restarted server then cannot bind it and dies again at every restart, and a
+/// client dialling that port while nobody listens can even connect to itself.
+fn free_port(taken: &[u16]) -> std::io::Result<u16> {
+    let ephemeral = ephemeral_ports();
+    let mut rng = rand::rng();
+    for _ in 0..10_000 {
+        let port = rng.random_range(10_000..=u16::MAX);
+        if ephemeral.contains(&port) || taken.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free loopback port outside the ephemeral range",
+    ))
 }
 
 impl Cluster {
@@ -59,7 +89,8 @@ impl Cluster {
     pub async fn start(spec: ClusterSpec) -> Result<Self, SpawnError> {
         let mut ports = BTreeMap::new();
         for role in Role::ALL {
-            let port = free_port().map_err(|source| SpawnError { role, source })?;
+            let taken: Vec<u16> = ports.values().copied().collect();
+            let port = free_port(&taken).map_err(|source| SpawnError { role, source })?;
             ports.insert(role.name(), port);
         }
         let mut cluster = Self {
@@ -195,5 +226,22 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_get_ports_no_outgoing_connection_can_hold() {
+        let ephemeral = ephemeral_ports();
+        let mut taken = Vec::new();
+        for _ in 0..50 {
+            let port = free_port(&taken).expect("a free port");
+            assert!(!ephemeral.contains(&port), "{port} is in {ephemeral:?}");
+            assert!(!taken.contains(&port));
+            taken.push(port);
+        }
     }
 }
