@@ -347,7 +347,9 @@ pub async fn expire(tx: &mut Tx, reservation_id: &str) -> Result<bool, Inventory
     let now = now_millis();
     match storage::leave_active(tx, By::Id, reservation_id, EXPIRED, "ttl elapsed", now).await? {
         Some(expired) => {
-            move_stock(tx, &expired, StockMove::Return, now).await?;
+            // Nobody waits for an answer: no lines to read.
+            let allocations = storage::allocations(tx, &expired.reservation_id).await?;
+            move_units(tx, &allocations, StockMove::Return, now).await?;
             Ok(true)
         }
         None => Ok(false),
@@ -375,7 +377,18 @@ async fn move_stock(
 ) -> Result<Reservation, InventoryError> {
     let allocations = storage::allocations(tx, &left.reservation_id).await?;
     let lines = storage::lines(tx, &left.reservation_id).await?;
-    for a in &allocations {
+    move_units(tx, &allocations, to, now).await?;
+    Ok(reservation(left, lines, allocations))
+}
+
+/// Writes each allocation's units to its stock row.
+async fn move_units(
+    tx: &mut Tx,
+    allocations: &[AllocationRow],
+    to: StockMove,
+    now: i64,
+) -> Result<(), InventoryError> {
+    for a in allocations {
         match to {
             StockMove::ShipOut => {
                 storage::ship_out(tx, &a.sku, &a.warehouse_id, a.quantity, now).await?;
@@ -385,7 +398,7 @@ async fn move_stock(
             }
         }
     }
-    Ok(reservation(left, lines, allocations))
+    Ok(())
 }
 
 #[cfg(test)]
