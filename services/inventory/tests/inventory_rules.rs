@@ -2,147 +2,23 @@
 
 use std::time::Duration;
 
-use checkout_inventory::api::InventoryServiceApi;
 use checkout_inventory::fixture::StockFixture;
 use checkout_inventory::{reaper, stock};
 use checkout_kit::db::Backend;
-use checkout_kit::db::Db;
-use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::on_backend;
 use checkout_kit::status::{fields_of, reason_of};
-use checkout_kit::testing::{self, TestDatabase, statement_log};
+use checkout_kit::testing::{self, statement_log};
 use checkout_proto::inventory::inventory_service_server::InventoryService;
 use checkout_proto::inventory::*;
 use tonic::{Code, Request, Status};
 
-const FIXTURE: &str = r#"{
-  "warehouses": [
-    {"warehouse_id": "east", "region": "us-east", "priority": 1},
-    {"warehouse_id": "west", "region": "us-west", "priority": 2}
-  ],
-  "stock": [
-    {"sku": "SPLIT", "warehouse_id": "east", "on_hand": 40},
-    {"sku": "SPLIT", "warehouse_id": "west", "on_hand": 25},
-    {"sku": "PLENTY", "warehouse_id": "west", "on_hand": 100},
-    {"sku": "SCARCE", "warehouse_id": "east", "on_hand": 1}
-  ]
-}"#;
+mod support;
 
-struct Harness {
-    api: InventoryServiceApi,
-    db: Db,
-    _database: TestDatabase,
-}
-
-async fn harness() -> Harness {
-    let database = TestDatabase::new("inventory");
-    let db = database
-        .migrated(&checkout_inventory::MIGRATIONS)
-        .await
-        .unwrap();
-    stock::seed(&db, &StockFixture::parse(FIXTURE).unwrap())
-        .await
-        .unwrap();
-    let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
-    Harness {
-        api: InventoryServiceApi::new(db.clone(), idempotency),
-        db,
-        _database: database,
-    }
-}
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
+use support::{FIXTURE, harness, line, rid};
 
 fn assert_refused(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(reason_of(status).as_deref(), Some(reason), "{status:?}");
-}
-
-fn line(sku: &str, quantity: i64) -> ReservationLine {
-    ReservationLine {
-        sku: sku.to_owned(),
-        quantity,
-    }
-}
-
-impl Harness {
-    async fn stock(&self, sku: &str) -> GetStockResponse {
-        self.api
-            .get_stock(Request::new(GetStockRequest {
-                sku: sku.to_owned(),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn level(&self, sku: &str, warehouse: &str) -> (i64, i64) {
-        let stock = self.stock(sku).await;
-        let level = stock
-            .levels
-            .iter()
-            .find(|l| l.warehouse_id == warehouse)
-            .unwrap();
-        (level.on_hand, level.reserved)
-    }
-
-    async fn reserve(
-        &self,
-        checkout_id: &str,
-        lines: Vec<ReservationLine>,
-        ttl: Option<prost_types::Duration>,
-    ) -> Result<Reservation, Status> {
-        self.api
-            .reserve_stock(Request::new(ReserveStockRequest {
-                request_id: rid(),
-                checkout_id: checkout_id.to_owned(),
-                lines,
-                ttl,
-            }))
-            .await
-            .map(|r| r.into_inner().reservation.unwrap())
-    }
-
-    async fn commit(&self, checkout_id: &str) -> Result<Reservation, Status> {
-        self.api
-            .commit_reservation(Request::new(CommitReservationRequest {
-                request_id: rid(),
-                target: Some(commit_reservation_request::Target::CheckoutId(
-                    checkout_id.to_owned(),
-                )),
-            }))
-            .await
-            .map(|r| r.into_inner().reservation.unwrap())
-    }
-
-    async fn release(&self, checkout_id: &str) -> Result<Reservation, Status> {
-        self.api
-            .release_reservation(Request::new(ReleaseReservationRequest {
-                request_id: rid(),
-                target: Some(release_reservation_request::Target::CheckoutId(
-                    checkout_id.to_owned(),
-                )),
-                reason: "checkout compensated".to_owned(),
-            }))
-            .await
-            .map(|r| r.into_inner().reservation.unwrap())
-    }
-
-    async fn reservation(&self, checkout_id: &str) -> Reservation {
-        self.api
-            .get_reservation(Request::new(GetReservationRequest {
-                target: Some(get_reservation_request::Target::CheckoutId(
-                    checkout_id.to_owned(),
-                )),
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .reservation
-            .unwrap()
-    }
 }
 
 #[tokio::test]

@@ -3,111 +3,37 @@
 //! stock rows last. A binary of its own, whose tests take turns: the statement log they read is
 //! process-wide.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use checkout_inventory::api::InventoryServiceApi;
-use checkout_inventory::fixture::StockFixture;
-use checkout_inventory::stock;
 use checkout_kit::db::{Backend, Db};
-use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::on_backend;
-use checkout_kit::testing::{self, TestDatabase, statement_log};
-use checkout_proto::inventory::inventory_service_server::InventoryService;
-use checkout_proto::inventory::*;
-use tonic::Request;
+use checkout_kit::testing::{self, statement_log};
+use checkout_proto::inventory::{Reservation, ReservationState};
 
-const FIXTURE: &str = r#"{
-  "warehouses": [
-    {"warehouse_id": "east", "region": "us-east", "priority": 1},
-    {"warehouse_id": "west", "region": "us-west", "priority": 2}
-  ],
-  "stock": [
-    {"sku": "SPLIT", "warehouse_id": "east", "on_hand": 40},
-    {"sku": "SPLIT", "warehouse_id": "west", "on_hand": 25},
-    {"sku": "PLENTY", "warehouse_id": "west", "on_hand": 100}
-  ]
-}"#;
+mod support;
 
-async fn harness(label: &str) -> (InventoryServiceApi, Db, TestDatabase) {
-    let database = TestDatabase::new(label);
-    let db = database
-        .migrated(&checkout_inventory::MIGRATIONS)
-        .await
-        .unwrap();
-    stock::seed(&db, &StockFixture::parse(FIXTURE).unwrap())
-        .await
-        .unwrap();
-    let idempotency = Idempotency::new(db.clone(), IdempotencyConfig::default());
-    (
-        InventoryServiceApi::new(db.clone(), idempotency),
-        db,
-        database,
-    )
-}
+use support::{Harness, harness, line, rid};
 
 /// The statement log is process-wide: the tests of this binary take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-fn line(sku: &str, quantity: i64) -> ReservationLine {
-    ReservationLine {
-        sku: sku.to_owned(),
-        quantity,
-    }
-}
-
-async fn reserve(
-    api: &InventoryServiceApi,
-    checkout_id: &str,
-    lines: Vec<ReservationLine>,
-) -> Reservation {
-    api.reserve_stock(Request::new(ReserveStockRequest {
-        request_id: rid(),
-        checkout_id: checkout_id.to_owned(),
-        lines,
-        ttl: None,
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .reservation
-    .unwrap()
-}
-
-async fn get(api: &InventoryServiceApi, checkout_id: &str) -> Reservation {
-    api.get_reservation(Request::new(GetReservationRequest {
-        target: Some(get_reservation_request::Target::CheckoutId(
-            checkout_id.to_owned(),
-        )),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .reservation
-    .unwrap()
-}
-
-async fn levels(api: &InventoryServiceApi, sku: &str) -> Vec<(String, i64)> {
-    api.get_stock(Request::new(GetStockRequest {
-        sku: sku.to_owned(),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .levels
-    .into_iter()
-    .map(|l| (l.warehouse_id, l.reserved))
-    .collect()
-}
 
 fn allocations(reservation: &Reservation) -> Vec<(&str, &str, i64)> {
     reservation
         .allocations
         .iter()
         .map(|a| (a.sku.as_str(), a.warehouse_id.as_str(), a.quantity))
+        .collect()
+}
+
+/// (warehouse, reserved) of a sku.
+async fn reserved(h: &Harness, sku: &str) -> Vec<(String, i64)> {
+    h.stock(sku)
+        .await
+        .levels
+        .into_iter()
+        .map(|l| (l.warehouse_id, l.reserved))
         .collect()
 }
 
@@ -132,40 +58,31 @@ fn assert_stock_written_last(request: &str, logged: &[String]) {
 async fn reserve_commit_and_release_write_their_stock_rows_last() {
     let _turn = ONE_AT_A_TIME.lock().await;
     statement_log();
-    let (api, _db, _database) = harness("stock_rows_last").await;
+    let h = harness().await;
     let (kept, dropped) = (rid(), rid());
 
     let before = statement_log().len();
-    reserve(&api, &kept, vec![line("SPLIT", 41), line("PLENTY", 2)]).await;
+    h.reserve(&kept, vec![line("SPLIT", 41), line("PLENTY", 2)], None)
+        .await
+        .unwrap();
     assert_stock_written_last("a reserve", &statement_log()[before..]);
 
     let before = statement_log().len();
-    reserve(&api, &dropped, vec![line("PLENTY", 3)]).await;
+    h.reserve(&dropped, vec![line("PLENTY", 3)], None)
+        .await
+        .unwrap();
     assert_stock_written_last("a reserve", &statement_log()[before..]);
 
     let before = statement_log().len();
-    api.commit_reservation(Request::new(CommitReservationRequest {
-        request_id: rid(),
-        target: Some(commit_reservation_request::Target::CheckoutId(kept.clone())),
-    }))
-    .await
-    .unwrap();
+    h.commit(&kept).await.unwrap();
     assert_stock_written_last("a commit", &statement_log()[before..]);
 
     let before = statement_log().len();
-    api.release_reservation(Request::new(ReleaseReservationRequest {
-        request_id: rid(),
-        target: Some(release_reservation_request::Target::CheckoutId(
-            dropped.clone(),
-        )),
-        reason: "checkout compensated".to_owned(),
-    }))
-    .await
-    .unwrap();
+    h.release(&dropped).await.unwrap();
     assert_stock_written_last("a release", &statement_log()[before..]);
 
     // What the handlers answered is what they stored.
-    let committed = get(&api, &kept).await;
+    let committed = h.reservation(&kept).await;
     assert_eq!(committed.state(), ReservationState::Committed);
     assert_eq!(
         allocations(&committed),
@@ -176,11 +93,11 @@ async fn reserve_commit_and_release_write_their_stock_rows_last() {
         ]
     );
     assert_eq!(
-        get(&api, &dropped).await.state(),
+        h.reservation(&dropped).await.state(),
         ReservationState::Released
     );
     assert_eq!(
-        levels(&api, "PLENTY").await,
+        reserved(&h, "PLENTY").await,
         [("west".to_owned(), 0)],
         "committed units left, released ones returned"
     );
@@ -191,12 +108,13 @@ async fn reserve_commit_and_release_write_their_stock_rows_last() {
 async fn lock_waits(db: &Db) -> i64 {
     let mut tx = db.begin_read().await.unwrap();
     let waits = on_backend!(&mut tx, conn => {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN \
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN \
              (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
         )
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap()
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
     });
     tx.rollback().await.unwrap();
     waits
@@ -210,9 +128,9 @@ async fn a_reservation_whose_split_changed_under_it_starts_over_and_stores_the_n
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().await;
-    let (api, db, _database) = harness("split_changed").await;
+    let h = Arc::new(harness().await);
     // Another writer takes one unit of the first warehouse and holds the row.
-    let mut other = db.begin().await.unwrap();
+    let mut other = h.db.begin().await.unwrap();
     on_backend!(&mut other, conn => {
         sqlx::query(
             "UPDATE stock SET reserved = reserved + 1, version = version + 1 \
@@ -226,12 +144,11 @@ async fn a_reservation_whose_split_changed_under_it_starts_over_and_stores_the_n
     // waits on the row.
     let checkout = rid();
     let reserving = tokio::spawn({
-        let api = api.clone();
-        let checkout = checkout.clone();
-        async move { reserve(&api, &checkout, vec![line("SPLIT", 40)]).await }
+        let (h, checkout) = (h.clone(), checkout.clone());
+        async move { h.reserve(&checkout, vec![line("SPLIT", 40)], None).await }
     });
     let waited = async {
-        while lock_waits(&db).await == 0 {
+        while lock_waits(&h.db).await == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -242,20 +159,15 @@ async fn a_reservation_whose_split_changed_under_it_starts_over_and_stores_the_n
 
     // Its compare-and-set lost; east has 39 now, so the split is 39 + 1 and the written one
     // no longer holds.
-    let reserved = reserving.await.unwrap();
+    let made = reserving.await.unwrap().unwrap();
     assert_eq!(
-        allocations(&reserved),
+        allocations(&made),
         [("SPLIT", "east", 39), ("SPLIT", "west", 1)]
     );
-    assert_eq!(get(&api, &checkout).await, reserved);
+    assert_eq!(h.reservation(&checkout).await, made);
     assert_eq!(
-        levels(&api, "SPLIT").await,
+        reserved(&h, "SPLIT").await,
         [("east".to_owned(), 40), ("west".to_owned(), 1)]
     );
-    assert!(
-        api.reserve_stats()
-            .conflicts
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(h.api.reserve_stats().conflicts.load(Ordering::Relaxed) >= 1);
 }
