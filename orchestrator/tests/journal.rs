@@ -597,22 +597,16 @@ async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote
     if testing::backend() == Backend::Sqlite {
         // The steps, attempts and events go to the writer's thread as one string (other tests
         // of this binary write batches at the same time, always the same way).
-        let batches: Vec<&String> = logged
-            .iter()
-            .filter(|s| s.contains("UPDATE saga_steps "))
-            .collect();
-        for statement in &batches {
-            assert!(
-                statement.contains("INSERT INTO saga_attempts ")
-                    && statement.contains("INSERT INTO saga_events "),
-                "one hand-off for three tables: {statement}"
-            );
-        }
-        assert!(
-            batches
-                .iter()
-                .any(|s| s.matches("INSERT INTO saga_events ").count() == 2),
-            "this batch's 72 events in two statements of one string: {batches:?}"
+        testing::assert_one_hand_off(
+            &logged,
+            &[
+                "UPDATE saga_steps ",
+                "INSERT INTO saga_attempts ",
+                "INSERT INTO saga_events ",
+            ],
+            // This batch's 72 events in two statements of one string.
+            "INSERT INTO saga_events ",
+            2,
         );
     }
     db.close().await;

@@ -176,23 +176,16 @@ async fn one_shipment_per_warehouse_with_its_lines() {
     if testing::backend() == Backend::Sqlite {
         // A create's shipments, lines and first events go to the writer's thread as one string
         // (other tests of this binary create too, always the same way).
-        let inserts: Vec<String> = statement_log()
-            .into_iter()
-            .filter(|s| s.contains("INSERT INTO shipments "))
-            .collect();
-        assert!(!inserts.is_empty());
-        for statement in &inserts {
-            assert!(
-                statement.contains("INSERT INTO shipment_lines ")
-                    && statement.contains("INSERT INTO shipment_events "),
-                "shipments, lines and events are one hand-off: {statement}"
-            );
-        }
-        assert!(
-            inserts
-                .iter()
-                .any(|s| s.matches("(?, 1, ?, ?)").count() == 2),
-            "this create's two shipments in one: {inserts:?}"
+        testing::assert_one_hand_off(
+            &statement_log(),
+            &[
+                "INSERT INTO shipments ",
+                "INSERT INTO shipment_lines ",
+                "INSERT INTO shipment_events ",
+            ],
+            // This create's two shipments in one.
+            "(?, 1, ?, ?)",
+            2,
         );
     }
 }

@@ -235,26 +235,15 @@ async fn a_reservation_answers_its_lines_and_allocations_in_the_order_it_is_read
     if testing::backend() == Backend::Sqlite {
         // A reservation's lines and allocations go to the writer's thread as one string, however
         // many (other tests of this binary reserve too, always the same way).
-        let inserts: Vec<String> = statement_log()
-            .into_iter()
-            .filter(|s| {
-                s.contains("INSERT INTO reservation_lines ")
-                    || s.contains("INSERT INTO reservation_allocations ")
-            })
-            .collect();
-        assert!(!inserts.is_empty());
-        for statement in &inserts {
-            assert!(
-                statement.contains("INSERT INTO reservation_lines ")
-                    && statement.contains("INSERT INTO reservation_allocations "),
-                "lines and allocations are one hand-off: {statement}"
-            );
-        }
-        assert!(
-            inserts
-                .iter()
-                .any(|s| s.matches("(?, ?, ?, ?)").count() == 9),
-            "this reservation's four lines and five allocations in one: {inserts:?}"
+        testing::assert_one_hand_off(
+            &statement_log(),
+            &[
+                "INSERT INTO reservation_lines ",
+                "INSERT INTO reservation_allocations ",
+            ],
+            // This reservation's four lines and five allocations in one.
+            "(?, ?, ?, ?)",
+            9,
         );
     }
 }

@@ -330,3 +330,30 @@ pub fn statement_log() -> Vec<String> {
     });
     LOG.lock().unwrap().clone()
 }
+
+/// Asserts that the logged statements are written as one hand-off: every entry of `logged`
+/// holding `statements[0]` holds the others too, there is at least one, and one of them holds
+/// `needle` exactly `times` times (the write under test, among its binary's other tests').
+pub fn assert_one_hand_off(logged: &[String], statements: &[&str], needle: &str, times: usize) {
+    let hand_offs: Vec<&String> = logged
+        .iter()
+        .filter(|s| s.contains(statements[0]))
+        .collect();
+    assert!(
+        !hand_offs.is_empty(),
+        "nothing logged holds {}",
+        statements[0]
+    );
+    for hand_off in &hand_offs {
+        for statement in statements {
+            assert!(
+                hand_off.contains(statement),
+                "{statement} is not in the hand-off: {hand_off}"
+            );
+        }
+    }
+    assert!(
+        hand_offs.iter().any(|s| s.matches(needle).count() == times),
+        "no hand-off holds `{needle}` {times} times: {hand_offs:?}"
+    );
+}
