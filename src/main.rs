@@ -18,6 +18,10 @@ use checkout_orchestrator::clients::ServiceEndpoints;
 use checkout_payment::processor::SimulatedProcessor;
 use clap::Parser;
 
+/// Every allocation, SQLite's included, goes through mimalloc (its `override` feature).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

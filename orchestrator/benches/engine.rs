@@ -25,6 +25,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use tonic::{Request, Status};
 
+/// The allocator the `checkout` binary runs on (malloc replaced process-wide, SQLite included).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const IN_FLIGHT: usize = 32;
 
 /// Every step and compensation succeeds at once: only the engine's own work is measured.

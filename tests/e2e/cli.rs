@@ -258,6 +258,26 @@ async fn up_serves_all_five_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// The binary replaces malloc process-wide, so SQLite's page allocations go through mimalloc
+/// too (docs/PERFORMANCE.md). glibc's allocator grows the `[heap]` mapping on its first call;
+/// with every server serving (databases migrated and seeded), there must be none.
+#[tokio::test]
+async fn up_allocates_nothing_through_glibc_malloc_not_even_for_sqlite() {
+    if testing::backend() != checkout_kit::db::Backend::Sqlite {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, banner) = spawn_up(checkout(), dir.path(), &[]).await;
+    assert!(banner.iter().any(|l| l.contains("http://")), "{banner:?}");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !maps.lines().any(|l| l.ends_with("[heap]")),
+        "glibc's heap is in use:\n{maps}"
+    );
+}
+
 #[test]
 fn a_bad_catalog_file_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();

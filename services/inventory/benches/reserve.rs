@@ -19,6 +19,10 @@ use checkout_proto::inventory::inventory_service_server::InventoryService;
 use checkout_proto::inventory::{ReservationLine, ReserveStockRequest};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
+/// The allocator the `checkout` binary runs on (malloc replaced process-wide, SQLite included).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CONTENDERS: usize = 32;
 
 fn fixture() -> StockFixture {

@@ -15,6 +15,10 @@ use checkout_kit::testing::TestDatabase;
 use checkout_proto::cart::{AddItemRequest, Cart};
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// The allocator the `checkout` binary runs on (malloc replaced process-wide, SQLite included).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 static MIGRATIONS: Migrations = Migrations {
     sqlite: sqlx::migrate!("../../migrations/sqlite/cart"),
     postgres: sqlx::migrate!("../../migrations/postgres/cart"),
