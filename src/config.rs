@@ -386,8 +386,9 @@ pub struct ServerArgs {
     /// After SIGTERM or Ctrl-C, how long in-flight requests get to finish, in milliseconds.
     #[arg(long, env = "CHECKOUT_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
-    /// Most database connections per server.
-    #[arg(long, env = "CHECKOUT_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    /// Most database connections per server (default: twice this machine's cores plus two,
+    /// between 4 and 16).
+    #[arg(long, env = "CHECKOUT_DB_MAX_CONNECTIONS", default_value_t = PoolConfig::default().max_connections)]
     pub db_max_connections: u32,
     /// How long an idempotency key (a request_id) is remembered, in seconds.
     #[arg(long, env = "CHECKOUT_IDEMPOTENCY_RETENTION_SECS", default_value_t = 24 * 60 * 60)]
