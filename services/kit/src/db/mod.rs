@@ -162,7 +162,7 @@ pub struct PoolConfig {
 /// The connections a pool opens by default on a machine with `cores` cores: twice the cores
 /// plus two, at least 4 and at most 16. More connections than the cores can serve only make
 /// transactions wait for each other's locks and for the CPU while holding them: on two cores,
-/// 6 per server did 15–25 % more checkouts end to end than 16, on Postgres and on SQLite
+/// 6 per server did 12–18 % more checkouts end to end than 16, on SQLite and on Postgres
 /// (docs/PERFORMANCE.md). 16, the old fixed size, keeps five servers' pools inside a default
 /// Postgres's 100 connections.
 pub fn default_pool_size(cores: usize) -> u32 {
