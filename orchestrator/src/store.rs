@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use checkout_kit::db::{Backend, DbError, Tx, values_list};
 use checkout_kit::idempotency::{Idempotency, Key, PgQuery, in_one_statement_sql};
 use checkout_kit::on_backend;
+use sqlx::Row;
 
 /// A saga row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -612,6 +613,10 @@ pub async fn save_batch(
     if let Tx::Postgres(conn) = tx {
         return save_batch_in_one_statement(conn, batch, at).await;
     }
+    if let Some(written) = save_whole_batch_in_one_hand_off(tx, batch, at).await? {
+        return Ok(written);
+    }
+    // A saga was fenced off: its rows must not be stored.
     let saves: Vec<SagaSave<'_>> = batch.iter().map(|w| w.save).collect();
     let written: HashMap<String, bool> = save_sagas(tx, &saves).await?.into_iter().collect();
     // A fenced-off write stores nothing else either.
@@ -664,6 +669,92 @@ pub async fn save_batch(
         q.execute(&mut **conn).await?;
     }
     Ok(written)
+}
+
+/// The journal batch on SQLite as one string of statements, one hand-off to the writer
+/// connection's thread: every saga's steps, attempts and events, then the fenced saga updates,
+/// all behind a savepoint. `None` when a saga was fenced off, or a statement failed: the
+/// savepoint is rolled back, and the caller writes the sagas first and the rows of those
+/// written only. A fenced-off write is the rare case (a lease lost, a cancel before the pivot),
+/// so the common one pays no second hand-off for learning which sagas were written.
+async fn save_whole_batch_in_one_hand_off(
+    tx: &mut Tx,
+    batch: &[BatchWrite<'_>],
+    at: i64,
+) -> Result<Option<HashMap<String, bool>>, DbError> {
+    let Tx::Sqlite(conn) = tx else {
+        return Ok(None);
+    };
+    let steps: Vec<(&str, &StepRow)> = batch
+        .iter()
+        .flat_map(|w| w.steps.iter().map(|s| (saga_id(w), s)))
+        .collect();
+    let attempts: Vec<(&str, &AttemptRow)> = batch
+        .iter()
+        .flat_map(|w| w.attempts.iter().map(|a| (saga_id(w), *a)))
+        .collect();
+    let events: Vec<(&str, &NewEvent)> = batch
+        .iter()
+        .flat_map(|w| w.events.iter().map(|e| (saga_id(w), e)))
+        .collect();
+    let saves: Vec<SagaSave<'_>> = batch.iter().map(|w| w.save).collect();
+    // The savepoint is not released when all went well: the transaction's COMMIT ends it.
+    let mut sql = String::from("SAVEPOINT journal");
+    for run in runs(Backend::Sqlite, &steps) {
+        push_statement(&mut sql, &save_steps_sql(Backend::Sqlite, run.len()));
+    }
+    for run in runs(Backend::Sqlite, &attempts) {
+        push_statement(&mut sql, &record_attempts_sql(Backend::Sqlite, run.len()));
+    }
+    for run in runs(Backend::Sqlite, &events) {
+        push_statement(&mut sql, &append_events_sql(Backend::Sqlite, run.len()));
+    }
+    // As in `save_saga_run`, the writes that keep the indexed columns first; the second update
+    // finds only the others, since a saga the first one wrote is past its version now.
+    for run in runs(Backend::Sqlite, &saves) {
+        for columns in [SagaColumns::KeepingIndexed, SagaColumns::All] {
+            push_statement(
+                &mut sql,
+                &update_sagas_sql(Backend::Sqlite, run.len(), columns),
+            );
+        }
+    }
+    let mut q = sqlx::query(&sql);
+    for (saga_id, step) in &steps {
+        q = bind_step(q, saga_id, step);
+    }
+    for (saga_id, a) in &attempts {
+        q = bind_attempt(q, saga_id, a);
+    }
+    for run in runs(Backend::Sqlite, &events) {
+        for ((saga_id, e), n) in run.iter().zip(event_ordinals(run)) {
+            q = bind_event(q, saga_id, n, at, e);
+        }
+    }
+    for run in runs(Backend::Sqlite, &saves) {
+        for _ in 0..2 {
+            for w in run {
+                q = bind_save(q, w);
+            }
+        }
+    }
+    let written = match q.fetch_all(&mut **conn).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<HashMap<String, bool>, sqlx::Error>>()?,
+        // A fenced-off saga's rows may break a constraint the written ones do not: the slow
+        // path answers for it.
+        Err(e) if e.as_database_error().is_some() => HashMap::new(),
+        Err(e) => return Err(e.into()),
+    };
+    if written.len() == batch.len() {
+        return Ok(Some(written));
+    }
+    sqlx::query("ROLLBACK TO journal; RELEASE journal")
+        .execute(&mut **conn)
+        .await?;
+    Ok(None)
 }
 
 /// Adds a statement to a string of statements run by one call.
@@ -893,11 +984,8 @@ enum SagaColumns {
     KeepingIndexed,
 }
 
-async fn update_saga_run(
-    tx: &mut Tx,
-    saves: &[SagaSave<'_>],
-    columns: SagaColumns,
-) -> Result<Vec<(String, bool)>, DbError> {
+/// The fenced update of `rows` sagas' `columns`, their values bound by [`bind_save`].
+fn update_sagas_sql(backend: Backend, rows: usize, columns: SagaColumns) -> String {
     let (indexed, unchanged) = match columns {
         SagaColumns::All => ("status = v.column4, next_attempt_at = v.column12, ", ""),
         SagaColumns::KeepingIndexed => (
@@ -906,7 +994,7 @@ async fn update_saga_run(
         ),
     };
     // VALUES columns are named column1, column2, … on both backends.
-    let sql = format!(
+    format!(
         "UPDATE sagas SET {indexed}direction = v.column5, step_index = v.column6, \
            outputs = v.column7, failure_reason = v.column8, failure_message = v.column9, \
            failure_step = v.column10, pivot_started = v.column11, \
@@ -918,31 +1006,54 @@ async fn update_saga_run(
            AND sagas.lease_owner = v.column3 \
            AND (sagas.cancel_requested = FALSE OR v.column15 = FALSE) {unchanged}\
          RETURNING sagas.saga_id, sagas.cancel_requested",
-        values_list(tx.backend(), saves.len(), 16)
-    );
+        values_list(backend, rows, 16)
+    )
+}
+
+/// Binds a fenced saga write's sixteen values in [`update_sagas_sql`] order.
+fn bind_save<'q, DB: sqlx::Database>(q: Query<'q, DB>, w: &SagaSave<'q>) -> Query<'q, DB>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let s = w.saga;
+    q.bind(&s.saga_id)
+        .bind(s.version)
+        .bind(w.owner)
+        .bind(&s.status)
+        .bind(&s.direction)
+        .bind(s.step_index)
+        .bind(&s.outputs)
+        .bind(&s.failure_reason)
+        .bind(&s.failure_message)
+        .bind(&s.failure_step)
+        .bind(s.pivot_started)
+        .bind(s.next_attempt_at)
+        .bind(w.lease_expires_at)
+        .bind(s.updated_at)
+        .bind(w.require_no_cancel)
+        .bind(w.release)
+}
+
+async fn update_saga_run(
+    tx: &mut Tx,
+    saves: &[SagaSave<'_>],
+    columns: SagaColumns,
+) -> Result<Vec<(String, bool)>, DbError> {
+    let sql = update_sagas_sql(tx.backend(), saves.len(), columns);
     Ok(on_backend!(tx, conn => {
-        let mut q = sqlx::query_as(&sql);
+        let mut q = sqlx::query(&sql);
         for w in saves {
-            let s = w.saga;
-            q = q
-                .bind(&s.saga_id)
-                .bind(s.version)
-                .bind(w.owner)
-                .bind(&s.status)
-                .bind(&s.direction)
-                .bind(s.step_index)
-                .bind(&s.outputs)
-                .bind(&s.failure_reason)
-                .bind(&s.failure_message)
-                .bind(&s.failure_step)
-                .bind(s.pivot_started)
-                .bind(s.next_attempt_at)
-                .bind(w.lease_expires_at)
-                .bind(s.updated_at)
-                .bind(w.require_no_cancel)
-                .bind(w.release);
+            q = bind_save(q, w);
         }
-        q.fetch_all(&mut *conn).await?
+        q.fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?
     }))
 }
 

@@ -543,18 +543,7 @@ async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote
     let batch: Vec<store::BatchWrite<'_>> = writes
         .iter()
         .zip([&writes[0].saga, &writes[1].saga, &stale])
-        .map(|(w, saga)| store::BatchWrite {
-            save: store::SagaSave {
-                saga,
-                owner: OWNER,
-                lease_expires_at: w.lease_expires_at,
-                require_no_cancel: false,
-                release: false,
-            },
-            steps: &w.steps,
-            attempts: w.started.iter().collect(),
-            events: &w.events,
-        })
+        .map(|(w, saga)| batch_write(w, saga))
         .collect();
     let mut tx = db.begin().await.unwrap();
     let logged_before = statement_log().len();
@@ -608,6 +597,100 @@ async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote
             "INSERT INTO saga_events ",
             2,
         );
+    }
+    db.close().await;
+}
+
+/// A journal batch's share of `w`, writing `saga` (the write's own, or a stale copy).
+fn batch_write<'a>(w: &'a SagaWrite, saga: &'a SagaRow) -> store::BatchWrite<'a> {
+    store::BatchWrite {
+        save: store::SagaSave {
+            saga,
+            owner: OWNER,
+            lease_expires_at: w.lease_expires_at,
+            require_no_cancel: false,
+            release: false,
+        },
+        steps: &w.steps,
+        attempts: w.started.iter().collect(),
+        events: &w.events,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_none_of_whose_sagas_is_fenced_off_is_one_hand_off_with_the_saga_updates() {
+    statement_log();
+    let (_database, db) = migrated("batch_one_hand_off").await;
+    let sagas = stored(&db, 2).await;
+    let mut writes: Vec<SagaWrite> = sagas.iter().map(|s| write_ahead(s, "first")).collect();
+    // One saga's write changes its status: the update that sets the indexed columns finds it.
+    writes[1].saga.status = "compensating".to_owned();
+    for w in &mut writes {
+        w.events = (1..=70)
+            .map(|n| NewEvent {
+                kind: "step_started",
+                step: "first".to_owned(),
+                message: format!("event {n}"),
+                status: "running".to_owned(),
+            })
+            .collect();
+    }
+    let batch: Vec<store::BatchWrite<'_>> =
+        writes.iter().map(|w| batch_write(w, &w.saga)).collect();
+    let mut tx = db.begin().await.unwrap();
+    let logged_before = statement_log().len();
+    let written = store::save_batch(&mut tx, &batch, 4_321).await.unwrap();
+    let logged = statement_log()[logged_before..].to_vec();
+    tx.commit().await.unwrap();
+    let mut ids: Vec<&String> = written.keys().collect();
+    ids.sort();
+    assert_eq!(ids, [&sagas[0].saga_id, &sagas[1].saga_id]);
+
+    let mut read = db.single_read().await.unwrap();
+    for (w, original) in writes.iter().zip(&sagas) {
+        let view = store::saga_view(&mut read, &w.saga.saga_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                view.saga.status.as_str(),
+                view.saga.step_index,
+                view.saga.version
+            ),
+            (
+                w.saga.status.as_str(),
+                w.saga.step_index,
+                original.version + 1
+            )
+        );
+        assert_eq!(view.steps[0], w.steps[0]);
+        assert_eq!(view.attempts, vec![w.started.clone().unwrap()]);
+        let numbered: Vec<i64> = view.events.iter().map(|e| e.sequence).collect();
+        assert_eq!(numbered, (1..=70).collect::<Vec<i64>>());
+    }
+    read.rollback().await.unwrap();
+
+    if testing::backend() == Backend::Sqlite {
+        // The saga updates go in the same string as the steps, attempts and events. Other
+        // tests of this binary write batches at the same time; only this one's holds 140
+        // events, in three statements.
+        let ours: Vec<&String> = logged
+            .iter()
+            .filter(|s| s.matches("INSERT INTO saga_events ").count() == 3)
+            .collect();
+        assert_eq!(ours.len(), 1, "{logged:?}");
+        for statement in [
+            "UPDATE sagas ",
+            "UPDATE saga_steps ",
+            "INSERT INTO saga_attempts ",
+        ] {
+            assert!(
+                ours[0].contains(statement),
+                "{statement} is not in: {}",
+                ours[0]
+            );
+        }
     }
     db.close().await;
 }
