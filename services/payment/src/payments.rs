@@ -8,7 +8,7 @@ use checkout_kit::db::timestamp;
 use std::sync::Arc;
 
 use checkout_kit::db::{Db, Tx, now_millis};
-use checkout_kit::idempotency::{Execution, Idempotency, Key, STARTED, Started};
+use checkout_kit::idempotency::{Execution, Idempotency, Key, STARTED, Started, is_final};
 use checkout_proto::common::Money;
 use checkout_proto::payment::{
     AuthorizePaymentResponse, CapturePaymentResponse, Payment, RefundPaymentResponse,
@@ -32,7 +32,8 @@ pub enum Target {
     Checkout(String),
 }
 
-/// Recovery point: the intent is recorded, the processor may have been called.
+/// Recovery point: the intent is recorded, the processor may have been called. A request's
+/// payment is found again by its target.
 const REQUESTED: &str = "processor_requested";
 
 fn state_of(row: &PaymentRow) -> State {
@@ -171,22 +172,26 @@ impl Payments {
     }
 
     /// Claims the request and runs `decide` once, before any processor call: it either answers
-    /// at once or returns the payment to call the processor for, which is then recorded with the
-    /// recovery point in the same transaction. A resumed request skips straight to the call.
-    async fn prepare<T, F>(&self, key: Key, decide: F) -> Result<Next<T>, Status>
+    /// at once or returns the payment (of `target`) to call the processor for. The claim is made
+    /// at the recovery point [`REQUESTED`], so when `decide` moves the payment the claim, the
+    /// move and the recovery point are one write with no checkpoint of their own; when it
+    /// answers, the answer is stored in the same transaction; when it fails transiently, the
+    /// claim is rolled back with the rest. A resumed request skips straight to the call.
+    async fn prepare<T, F>(&self, key: Key, target: &Target, decide: F) -> Result<Next<T>, Status>
     where
         T: Message + Default,
         F: for<'t> AsyncFnOnce(&'t mut Tx) -> Result<Result<PaymentRow, T>, PaymentError>,
     {
-        // The claim and the intent (payment row, recovery point) commit together.
-        let (mut exec, mut tx) = match self.idempotency.start::<T>(key).await? {
+        let (mut exec, mut tx) = match self.idempotency.start::<T>(key, REQUESTED).await? {
             Started::Replay(answer) => return Ok(Next::Done(answer)),
             Started::Run(exec, tx) => (exec, tx),
         };
-        if exec.recovery_point() != STARTED {
-            let payment_id =
-                String::from_utf8_lossy(exec.recovery_data().unwrap_or_default()).into_owned();
-            let row = reload(&mut tx, &payment_id).await?;
+        if exec.resumed() && exec.recovery_point() != STARTED {
+            // Holders before the claim carried the point recorded the payment id with it.
+            let row = match exec.recovery_data() {
+                Some(id) => reload(&mut tx, &String::from_utf8_lossy(id)).await?,
+                None => find(&mut tx, target).await?.ok_or(PaymentError::NotFound)?,
+            };
             // Commits the takeover of the claim.
             tx.commit()
                 .await
@@ -195,15 +200,27 @@ impl Payments {
         }
         match decide(&mut tx).await {
             Ok(Ok(row)) => {
-                exec.checkpoint(&mut tx, REQUESTED, Some(row.payment_id.as_bytes()))
-                    .await?;
+                if exec.resumed() {
+                    // Taken over from a holder that stopped before its intent.
+                    exec.checkpoint(&mut tx, REQUESTED, None).await?;
+                }
                 tx.commit()
                     .await
                     .map_err(|e| Status::from(PaymentError::Db(e)))?;
                 Ok(Next::Call(exec, Box::new(row)))
             }
             Ok(Err(answer)) => Ok(Next::Done(exec.finish(tx, Ok(answer)).await)),
-            Err(e) => Ok(Next::Done(exec.finish(tx, Err(e.into())).await)),
+            Err(e) => {
+                let status = Status::from(e);
+                if is_final(status.code()) {
+                    return Ok(Next::Done(exec.finish(tx, Err(status)).await));
+                }
+                // The claim says REQUESTED: it must not outlive a move that did not happen.
+                tx.rollback()
+                    .await
+                    .map_err(|e| Status::from(PaymentError::Db(e)))?;
+                Err(status)
+            }
         }
     }
 
@@ -233,44 +250,50 @@ impl Payments {
             payment: Some(to_proto(row)),
         };
         let next = self
-            .prepare(key, async |tx: &mut Tx| {
-                let now = now_millis();
-                let row = PaymentRow {
-                    payment_id: uuid::Uuid::now_v7().to_string(),
-                    checkout_id: checkout_id.to_owned(),
-                    customer_id: customer_id.to_owned(),
-                    state: State::Pending.as_str().to_owned(),
-                    currency_code: amount.currency_code.clone(),
-                    authorized_minor: amount.amount_minor,
-                    captured_minor: 0,
-                    capture_request_minor: 0,
-                    refunded_minor: 0,
-                    refund_pending_minor: 0,
-                    decline_code: String::new(),
-                    processor_reference: String::new(),
-                    processor_key: processor_key.clone(),
-                    card_last4: String::new(),
-                    created_at: now,
-                    updated_at: now,
-                };
-                if storage::insert_payment(tx, &row).await? {
-                    return Ok(Ok(row));
-                }
-                let existing = storage::payment_by_checkout(tx, checkout_id)
-                    .await?
-                    .ok_or(PaymentError::NotFound)?;
-                match state_of(&existing) {
-                    State::Tombstone => Err(PaymentError::CheckoutVoided(checkout_id.to_owned())),
-                    _ if existing.authorized_minor == amount.amount_minor
-                        && existing.currency_code == amount.currency_code
-                        && existing.customer_id == customer_id =>
-                    {
-                        // Another request of the same checkout made it: answer with it.
-                        Ok(Err(respond(&existing)))
+            .prepare(
+                key,
+                &Target::Checkout(checkout_id.to_owned()),
+                async |tx: &mut Tx| {
+                    let now = now_millis();
+                    let row = PaymentRow {
+                        payment_id: uuid::Uuid::now_v7().to_string(),
+                        checkout_id: checkout_id.to_owned(),
+                        customer_id: customer_id.to_owned(),
+                        state: State::Pending.as_str().to_owned(),
+                        currency_code: amount.currency_code.clone(),
+                        authorized_minor: amount.amount_minor,
+                        captured_minor: 0,
+                        capture_request_minor: 0,
+                        refunded_minor: 0,
+                        refund_pending_minor: 0,
+                        decline_code: String::new(),
+                        processor_reference: String::new(),
+                        processor_key: processor_key.clone(),
+                        card_last4: String::new(),
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    if storage::insert_payment(tx, &row).await? {
+                        return Ok(Ok(row));
                     }
-                    _ => Err(PaymentError::PaymentExists(checkout_id.to_owned())),
-                }
-            })
+                    let existing = storage::payment_by_checkout(tx, checkout_id)
+                        .await?
+                        .ok_or(PaymentError::NotFound)?;
+                    match state_of(&existing) {
+                        State::Tombstone => {
+                            Err(PaymentError::CheckoutVoided(checkout_id.to_owned()))
+                        }
+                        _ if existing.authorized_minor == amount.amount_minor
+                            && existing.currency_code == amount.currency_code
+                            && existing.customer_id == customer_id =>
+                        {
+                            // Another request of the same checkout made it: answer with it.
+                            Ok(Err(respond(&existing)))
+                        }
+                        _ => Err(PaymentError::PaymentExists(checkout_id.to_owned())),
+                    }
+                },
+            )
             .await?;
         let (exec, row) = match next {
             Next::Done(answer) => return answer,
@@ -342,7 +365,7 @@ impl Payments {
             payment: Some(to_proto(row)),
         };
         let next = self
-            .prepare(key, async |tx: &mut Tx| {
+            .prepare(key, target, async |tx: &mut Tx| {
                 let row = find(tx, target).await?.ok_or(PaymentError::NotFound)?;
                 if let Some(m) = amount
                     && m.currency_code != row.currency_code
@@ -448,7 +471,7 @@ impl Payments {
             payment: Some(to_proto(row)),
         };
         let next = self
-            .prepare(key, async |tx: &mut Tx| {
+            .prepare(key, target, async |tx: &mut Tx| {
                 let row = match find(tx, target).await? {
                     Some(row) => row,
                     None => {
@@ -560,7 +583,7 @@ impl Payments {
             payment: Some(to_proto(row)),
         };
         let next = self
-            .prepare(key, async |tx: &mut Tx| {
+            .prepare(key, target, async |tx: &mut Tx| {
                 let row = find(tx, target).await?.ok_or(PaymentError::NotFound)?;
                 if amount.currency_code != row.currency_code {
                     return Err(checkout_kit::status::Rejection::invalid_field(

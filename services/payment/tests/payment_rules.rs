@@ -7,7 +7,7 @@ use checkout_kit::db::{Db, PoolConfig};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::on_backend;
 use checkout_kit::status::reason_of;
-use checkout_kit::testing::TestDatabase;
+use checkout_kit::testing::{TestDatabase, statement_log};
 use checkout_payment::api::PaymentServiceApi;
 use checkout_payment::processor::{
     Approval, PaymentProcessor, ProcessorError, SimulatedProcessor, open_books, tokens,
@@ -55,8 +55,8 @@ async fn harness() -> Harness {
     harness_with(IdempotencyConfig::default(), false).await
 }
 
-/// A processor whose authorizations take effect and then never answer: the service "crashes"
-/// between the processor call and recording its answer.
+/// A processor whose authorizations and captures take effect and then never answer: the
+/// service "crashes" between the processor call and recording its answer.
 #[derive(Debug)]
 struct HangAfterCall(Arc<SimulatedProcessor>);
 
@@ -78,7 +78,8 @@ impl PaymentProcessor for HangAfterCall {
         auth: &str,
         amount: i64,
     ) -> Result<Approval, ProcessorError> {
-        self.0.capture(key, auth, amount).await
+        let _ = self.0.capture(key, auth, amount).await;
+        std::future::pending().await
     }
     async fn void(&self, auth: &str) -> Result<(), ProcessorError> {
         self.0.void(auth).await
@@ -405,6 +406,88 @@ async fn a_crash_between_the_processor_call_and_its_record_resumes_with_the_same
         crashing.processor_records().await.len(),
         1,
         "no second charge"
+    );
+}
+
+#[tokio::test]
+async fn a_capture_by_checkout_that_crashed_after_the_processor_call_resumes_with_the_same_key() {
+    let config = IdempotencyConfig {
+        lock_ttl: Duration::from_millis(200),
+        ..IdempotencyConfig::default()
+    };
+    let crashing = harness_with(config.clone(), true).await;
+    let idempotency = Idempotency::new(crashing.db.clone(), config);
+    let restarted =
+        PaymentServiceApi::new(crashing.db.clone(), idempotency, crashing.processor.clone());
+    let checkout = rid();
+    restarted
+        .authorize_payment(Request::new(authorize_request(
+            &checkout,
+            2500,
+            tokens::VISA,
+        )))
+        .await
+        .unwrap();
+    let request = CapturePaymentRequest {
+        request_id: rid(),
+        target: by_checkout(&checkout),
+        amount: None,
+    };
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(300),
+        crashing.api.capture_payment(Request::new(request.clone())),
+    )
+    .await;
+    assert!(attempt.is_err(), "the crashed attempt never answered");
+    assert_ne!(
+        crashing.get(&checkout).await.state(),
+        PaymentState::Captured
+    );
+
+    // The claim recorded where the request got to; the restarted service finds the payment by
+    // the request's checkout and captures with the same processor key.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let payment = restarted
+        .capture_payment(Request::new(request))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(payment.state(), PaymentState::Captured);
+    let captures: Vec<ProcessorRow> = crashing
+        .processor_records()
+        .await
+        .into_iter()
+        .filter(|r| r.operation == "capture")
+        .collect();
+    assert_eq!(captures.len(), 1, "captured once");
+    assert_eq!(crashing.balance(&checkout, "sales").await, 2500);
+}
+
+#[tokio::test]
+async fn a_processor_call_records_its_recovery_point_with_the_claim_not_after_it() {
+    statement_log();
+    let h = harness().await;
+    let checkout = rid();
+    let before = statement_log().len();
+    h.authorize(&checkout, 1500, tokens::VISA).await.unwrap();
+    h.capture(&checkout, None).await.unwrap();
+    h.refund(&checkout, 500).await.unwrap();
+    let logged = statement_log()[before..].to_vec();
+    assert!(
+        logged
+            .iter()
+            .any(|s| s.contains("INSERT INTO idempotency_keys")),
+        "{logged:?}"
+    );
+    // No request of this binary moves a key to a recovery point after its claim (only one
+    // taken over from a holder that stopped before its intent would).
+    assert!(
+        !logged
+            .iter()
+            .any(|s| s.contains("UPDATE idempotency_keys SET recovery_point")),
+        "{logged:?}"
     );
 }
 

@@ -110,6 +110,7 @@ pub struct Execution<T> {
     lock_ttl: Duration,
     recovery_point: String,
     recovery_data: Option<Vec<u8>>,
+    resumed: bool,
     _answer: PhantomData<fn() -> T>,
 }
 
@@ -159,11 +160,12 @@ impl Idempotency {
         &self.config
     }
 
-    /// Opens a write transaction and claims `key` in it under a new lock token.
-    async fn claim(&self, key: &Key) -> Result<(Tx, String, ClaimOutcome), Status> {
+    /// Opens a write transaction and claims `key` in it under a new lock token, a new key at
+    /// the recovery point `intent`.
+    async fn claim(&self, key: &Key, intent: &str) -> Result<(Tx, String, ClaimOutcome), Status> {
         let mut tx = self.db.begin().await.map_err(db_status)?;
         let token = new_token();
-        let outcome = store::claim(&mut tx, key, &token, &self.config)
+        let outcome = store::claim(&mut tx, key, &token, &self.config, intent)
             .await
             .map_err(db_status)?;
         Ok((tx, token, outcome))
@@ -217,14 +219,23 @@ impl Idempotency {
     }
 
     /// Claims a key for an effect outside the database. The claim's transaction is handed over
-    /// open: the caller records its intent and a recovery point in it and commits, so the claim
-    /// and the intent are one durable write.
-    pub async fn start<T: Message + Default>(&self, key: Key) -> Result<Started<T>, Status> {
-        let (tx, token, outcome) = self.claim(&key).await?;
+    /// open: the caller records its intent in it and commits, so the claim and the intent are
+    /// one durable write. A new key is claimed at the recovery point `intent` ([`STARTED`], or
+    /// the point the caller's write in the open transaction reaches), so a caller that knows it
+    /// up front writes no [`Execution::checkpoint`] of its own; if the caller's write does not
+    /// happen, it rolls the claim back with it, or [`finishes`](Execution::finish) the key.
+    /// A taken-over key keeps its earlier holder's recovery point ([`Execution::resumed`]).
+    pub async fn start<T: Message + Default>(
+        &self,
+        key: Key,
+        intent: &str,
+    ) -> Result<Started<T>, Status> {
+        let (tx, token, outcome) = self.claim(&key, intent).await?;
         match outcome {
             ClaimOutcome::Claimed {
                 recovery_point,
                 recovery_data,
+                resumed,
             } => Ok(Started::Run(
                 Execution {
                     key,
@@ -232,6 +243,7 @@ impl Idempotency {
                     lock_ttl: self.config.lock_ttl,
                     recovery_point,
                     recovery_data,
+                    resumed,
                     _answer: PhantomData,
                 },
                 tx,
@@ -267,7 +279,7 @@ impl Idempotency {
     /// The answer of a key [`store::record`] found remembered: its stored answer, a refusal
     /// if it was used for a different request, or `ABORTED` while a holder has it locked.
     async fn remembered<T: Message + Default>(&self, key: &Key) -> Result<T, Status> {
-        let (tx, _token, outcome) = self.claim(key).await?;
+        let (tx, _token, outcome) = self.claim(key, STARTED).await?;
         tx.rollback().await.map_err(db_status)?;
         match outcome {
             ClaimOutcome::Found(found) => settle(key, found)?,
@@ -361,6 +373,12 @@ impl<T: Message + Default> Execution<T> {
     /// Where a previous holder got to ([`STARTED`] for a new key).
     pub fn recovery_point(&self) -> &str {
         &self.recovery_point
+    }
+
+    /// True when the key was taken over from an earlier holder (crashed, or stopped by a
+    /// transient failure), so the recovery point is where that holder got to.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// What the previous holder recorded with its recovery point.

@@ -18,6 +18,9 @@ pub(super) enum ClaimOutcome {
     Claimed {
         recovery_point: String,
         recovery_data: Option<Vec<u8>>,
+        /// Taken over from an earlier holder, whose recovery point it is; else new, at the
+        /// claim's intent.
+        resumed: bool,
     },
     /// The key was there already.
     Found(Found),
@@ -247,13 +250,14 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Claims `key` for `token`: inserts it, takes over a stale or expired row, or reports what is
-/// there.
+/// Claims `key` for `token`: inserts it at the recovery point `intent`, takes over a stale or
+/// expired row, or reports what is there.
 pub(super) async fn claim(
     tx: &mut Tx,
     key: &Key,
     token: &str,
     config: &IdempotencyConfig,
+    intent: &str,
 ) -> Result<ClaimOutcome, DbError> {
     let now = now_millis();
     let locked_until = now.saturating_add(millis(config.lock_ttl));
@@ -271,7 +275,7 @@ pub(super) async fn claim(
         .bind(key.scope())
         .bind(key.request_id())
         .bind(fingerprint)
-        .bind(STARTED)
+        .bind(intent)
         .bind(token)
         .bind(locked_until)
         .bind(now)
@@ -280,11 +284,13 @@ pub(super) async fn claim(
         .await?
         .rows_affected()
     });
+    let fresh = || ClaimOutcome::Claimed {
+        recovery_point: intent.to_owned(),
+        recovery_data: None,
+        resumed: false,
+    };
     if inserted == 1 {
-        return Ok(ClaimOutcome::Claimed {
-            recovery_point: STARTED.to_owned(),
-            recovery_data: None,
-        });
+        return Ok(fresh());
     }
 
     // Collected between the insert and the read: the caller retries and inserts anew.
@@ -307,7 +313,7 @@ pub(super) async fn claim(
             .bind(key.scope())
             .bind(key.request_id())
             .bind(fingerprint)
-            .bind(STARTED)
+            .bind(intent)
             .bind(token)
             .bind(locked_until)
             .bind(now)
@@ -318,10 +324,7 @@ pub(super) async fn claim(
             .rows_affected()
         });
         return Ok(if reset == 1 {
-            ClaimOutcome::Claimed {
-                recovery_point: STARTED.to_owned(),
-                recovery_data: None,
-            }
+            fresh()
         } else {
             ClaimOutcome::Found(Found::Locked)
         });
@@ -356,6 +359,7 @@ pub(super) async fn claim(
         ClaimOutcome::Claimed {
             recovery_point: row.recovery_point,
             recovery_data: row.recovery_data,
+            resumed: true,
         }
     } else {
         ClaimOutcome::Found(Found::Locked)

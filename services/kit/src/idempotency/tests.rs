@@ -370,7 +370,7 @@ async fn a_live_lock_is_refused_and_a_stale_one_taken_over_at_its_recovery_point
     let request = request(&id(), 1);
     let key = || Key::new(SCOPE, &request).unwrap();
 
-    let Started::Run(mut first, mut tx) = layer.start::<Cart>(key()).await.unwrap() else {
+    let Started::Run(mut first, mut tx) = layer.start::<Cart>(key(), STARTED).await.unwrap() else {
         panic!("a new key runs");
     };
     assert_eq!(first.recovery_point(), STARTED);
@@ -383,14 +383,14 @@ async fn a_live_lock_is_refused_and_a_stale_one_taken_over_at_its_recovery_point
     tx.commit().await.unwrap();
 
     // While the holder's lock is live, a duplicate is told to come back later.
-    let busy = layer.start::<Cart>(key()).await.unwrap_err();
+    let busy = layer.start::<Cart>(key(), STARTED).await.unwrap_err();
     assert_eq!(busy.code(), Code::Aborted);
     assert_eq!(reason_of(&busy).as_deref(), Some(IN_PROGRESS));
 
     // The holder "crashes"; once its lock is stale the next caller resumes where it stopped,
     // with the same key for the external system.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let Started::Run(second, takeover) = layer.start::<Cart>(key()).await.unwrap() else {
+    let Started::Run(second, takeover) = layer.start::<Cart>(key(), STARTED).await.unwrap() else {
         panic!("a stale key is taken over");
     };
     takeover.commit().await.unwrap();
@@ -406,7 +406,7 @@ async fn a_live_lock_is_refused_and_a_stale_one_taken_over_at_its_recovery_point
         .finish(db.begin().await.unwrap(), Ok(answer(1)))
         .await
         .unwrap();
-    let Started::Replay(replayed) = layer.start::<Cart>(key()).await.unwrap() else {
+    let Started::Replay(replayed) = layer.start::<Cart>(key(), STARTED).await.unwrap() else {
         panic!("a done key replays");
     };
     assert_eq!(replayed.unwrap(), done);
@@ -414,11 +414,45 @@ async fn a_live_lock_is_refused_and_a_stale_one_taken_over_at_its_recovery_point
 }
 
 #[tokio::test]
+async fn a_new_key_is_claimed_at_its_intent_and_a_takeover_resumes_there() {
+    let (_database, _db, layer) = setup(short_locks()).await;
+    let request = request(&id(), 1);
+    let key = || Key::new(SCOPE, &request).unwrap();
+
+    // A claim rolled back with the caller's write leaves nothing behind.
+    let Started::Run(_, claim) = layer.start::<Cart>(key(), "requested").await.unwrap() else {
+        panic!("a new key runs");
+    };
+    claim.rollback().await.unwrap();
+
+    let Started::Run(first, claim) = layer.start::<Cart>(key(), "requested").await.unwrap() else {
+        panic!("a rolled-back claim left no key");
+    };
+    assert_eq!(
+        (first.recovery_point(), first.resumed()),
+        ("requested", false)
+    );
+    claim.commit().await.unwrap();
+
+    // The holder "crashes" with no checkpoint of its own: the claim recorded its intent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Started::Run(second, takeover) = layer.start::<Cart>(key(), STARTED).await.unwrap() else {
+        panic!("a stale key is taken over");
+    };
+    takeover.commit().await.unwrap();
+    assert_eq!(
+        (second.recovery_point(), second.resumed()),
+        ("requested", true)
+    );
+    assert_eq!(second.external_key(), first.external_key());
+}
+
+#[tokio::test]
 async fn a_transient_external_failure_unlocks_for_an_immediate_retry() {
     let (_database, db, layer) = setup(IdempotencyConfig::default()).await;
     let request = request(&id(), 1);
     let key = || Key::new(SCOPE, &request).unwrap();
-    let Started::Run(first, claim) = layer.start::<Cart>(key()).await.unwrap() else {
+    let Started::Run(first, claim) = layer.start::<Cart>(key(), STARTED).await.unwrap() else {
         panic!("a new key runs");
     };
     claim.commit().await.unwrap();
@@ -431,7 +465,7 @@ async fn a_transient_external_failure_unlocks_for_an_immediate_retry() {
     assert_eq!(failed.unwrap_err().code(), Code::Unavailable);
     // No waiting for the lock: the retry resumes at once.
     assert!(matches!(
-        layer.start::<Cart>(key()).await.unwrap(),
+        layer.start::<Cart>(key(), STARTED).await.unwrap(),
         Started::Run(..)
     ));
 }
@@ -452,7 +486,7 @@ async fn expired_keys_are_collected_in_batches_and_then_forgotten() {
     // A claim still held under a live lock is never collected.
     let held = request(&id(), 1);
     let Started::Run(_held, claim) = layer
-        .start::<Cart>(Key::new(SCOPE, &held).unwrap())
+        .start::<Cart>(Key::new(SCOPE, &held).unwrap(), STARTED)
         .await
         .unwrap()
     else {
