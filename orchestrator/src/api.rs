@@ -304,9 +304,9 @@ impl CheckoutService for CheckoutApi {
         v.finish()?;
         let key = Key::new(START, &req)?;
         let fresh = self.new_checkout(&req)?;
-        // On Postgres the saga and the request's key are one statement with no BEGIN or
-        // COMMIT; when that changes nothing (the key is remembered, or on SQLite) the request
-        // goes the usual way, which settles a repeat as it always does.
+        // The saga and the request's key in one go (on Postgres one statement with no BEGIN or
+        // COMMIT, on SQLite one hand-off); when that changes nothing (the key is remembered)
+        // the request goes the usual way, which settles a repeat as it always does.
         let alone =
             store::start_in_one_statement(&self.idempotency, &key, &fresh.answer, &fresh.stored())
                 .await?;

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use checkout_kit::db::{Backend, DbError, Tx, values_list};
-use checkout_kit::idempotency::{Idempotency, Key, PgQuery, in_one_statement_sql};
+use checkout_kit::idempotency::{
+    Idempotency, Key, PgQuery, in_one_hand_off_sql, in_one_statement_sql,
+};
 use checkout_kit::on_backend;
 use sqlx::Row;
 
@@ -152,9 +154,8 @@ pub struct NewSaga<'a> {
 
 /// Inserts a new saga with its steps, the first step's write-ahead attempt (if any) and the
 /// opening events of its timeline (numbered from 1). On Postgres that is one statement. On
-/// SQLite it is one insert per table, sent to the writer connection's thread as one string:
-/// sqlx runs a string's statements in order, each statement's anonymous `?` taking the next
-/// values bound, so the four cost one hand-off to that thread instead of four.
+/// SQLite it is one insert per table, sent to the writer connection's thread as one string
+/// ([`new_saga_sqlite_sql`]).
 pub async fn insert_saga(tx: &mut Tx, new: &NewSaga<'_>) -> Result<(), DbError> {
     let conn = match tx {
         Tx::Postgres(conn) => {
@@ -162,6 +163,18 @@ pub async fn insert_saga(tx: &mut Tx, new: &NewSaga<'_>) -> Result<(), DbError> 
         }
         Tx::Sqlite(conn) => conn,
     };
+    let sql = new_saga_sqlite_sql(new);
+    bind_new_saga_sqlite(sqlx::query(&sql), new)
+        .execute(&mut **conn)
+        .await?;
+    Ok(())
+}
+
+/// A new saga's inserts on SQLite, one per table, as one string: sqlx runs a string's
+/// statements in order, each statement's anonymous `?` taking the next values bound
+/// ([`bind_new_saga_sqlite`]), so the four cost one hand-off to the writer's thread instead of
+/// four.
+fn new_saga_sqlite_sql(new: &NewSaga<'_>) -> String {
     let mut sql = format!(
         "INSERT INTO sagas ({SAGA_COLUMNS}) VALUES {}",
         values_list(Backend::Sqlite, 1, 22)
@@ -183,7 +196,15 @@ pub async fn insert_saga(tx: &mut Tx, new: &NewSaga<'_>) -> Result<(), DbError> 
             );
         }
     }
-    let mut q = bind_saga(sqlx::query(&sql), new.saga);
+    sql
+}
+
+/// Binds the values of [`new_saga_sqlite_sql`]'s statements.
+fn bind_new_saga_sqlite<'q>(
+    q: Query<'q, sqlx::Sqlite>,
+    new: &'q NewSaga<'_>,
+) -> Query<'q, sqlx::Sqlite> {
+    let mut q = bind_saga(q, new.saga);
     for r in new.steps {
         q = bind_step(q, &new.saga.saga_id, r);
     }
@@ -193,8 +214,7 @@ pub async fn insert_saga(tx: &mut Tx, new: &NewSaga<'_>) -> Result<(), DbError> 
     for (sequence, e) in (1..).zip(new.events) {
         q = bind_event(q, &new.saga.saga_id, sequence, new.at, e);
     }
-    q.execute(&mut **conn).await?;
-    Ok(())
+    q
 }
 
 /// The columns a step is written with, in the order [`bind_step`] binds them.
@@ -402,19 +422,23 @@ async fn insert_saga_in_one_statement(
 }
 
 /// Stores a new saga as [`insert_saga`] does, together with the StartCheckout request's key
-/// and answer, as one Postgres statement outside any transaction
-/// ([`Idempotency::in_one_statement`]). False when nothing was written: on SQLite, or when the
-/// key is known already; the request then goes the usual way.
+/// and answer, in one go ([`Idempotency::in_one_statement`]): one Postgres statement outside
+/// any transaction, or one string of SQLite statements. False when nothing was written, since
+/// the key is known already; the request then goes the usual way.
 pub async fn start_in_one_statement(
     idempotency: &Idempotency,
     key: &Key,
     answer: &checkout_proto::checkout::StartCheckoutResponse,
     new: &NewSaga<'_>,
 ) -> Result<bool, tonic::Status> {
+    let sqlite = in_one_hand_off_sql(&new_saga_sqlite_sql(new));
     idempotency
-        .in_one_statement(key, answer, START_POSTGRES.as_str(), |q| {
-            bind_new_saga(q, new)
-        })
+        .in_one_statement(
+            key,
+            answer,
+            (START_POSTGRES.as_str(), |q| bind_new_saga(q, new)),
+            (sqlite.as_str(), |q| bind_new_saga_sqlite(q, new)),
+        )
         .await
 }
 

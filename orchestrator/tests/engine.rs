@@ -297,25 +297,33 @@ async fn a_saga_past_its_deadline_before_the_pivot_compensates() {
 }
 
 #[tokio::test]
-async fn on_postgres_a_new_checkout_and_its_key_are_one_round_trip_and_a_repeat_replays_it() {
+async fn a_new_checkout_and_its_key_are_one_write_and_a_repeat_replays_it() {
     use checkout_kit::db::{Backend, Db, PoolConfig};
     use checkout_kit::status::reason_of;
-    use checkout_kit::testing::{self, RoundTrips};
+    use checkout_kit::testing::{self, RoundTrips, statement_log};
 
-    if testing::backend() != Backend::Postgres {
-        return;
-    }
+    let postgres = testing::backend() == Backend::Postgres;
     let database = TestDatabase::new("start_one_statement");
     let db = database
         .migrated(&checkout_orchestrator::MIGRATIONS)
         .await
         .unwrap();
-    // The idempotency layer (where a new checkout is written) talks through a counting proxy;
-    // the engine that drives the sagas does not.
-    let proxy = RoundTrips::count(&database).await;
-    let via = Db::connect(proxy.url(), &PoolConfig::default())
-        .await
-        .unwrap();
+    // On Postgres the idempotency layer (where a new checkout is written) talks through a
+    // counting proxy; the engine that drives the sagas does not. On SQLite the statement log
+    // shows the hand-offs to the writer's thread.
+    let proxy = match postgres {
+        true => Some(RoundTrips::count(&database).await),
+        false => {
+            statement_log();
+            None
+        }
+    };
+    let via = match &proxy {
+        Some(proxy) => Db::connect(proxy.url(), &PoolConfig::default())
+            .await
+            .unwrap(),
+        None => db.clone(),
+    };
     let def = checkout_saga::definition(Duration::from_secs(60), Duration::from_secs(1));
     let engine = Engine::new(
         db.clone(),
@@ -333,7 +341,10 @@ async fn on_postgres_a_new_checkout_and_its_key_are_one_round_trip_and_a_repeat_
     let mut started = Vec::new();
     for _ in 0..2 {
         let (request_id, cart_id) = (rid(), rid());
-        let before = proxy.settled().await;
+        let before = match &proxy {
+            Some(proxy) => proxy.settled().await,
+            None => statement_log().len(),
+        };
         let answer = api
             .start_checkout(Request::new(request(&request_id, &cart_id)))
             .await
@@ -341,11 +352,26 @@ async fn on_postgres_a_new_checkout_and_its_key_are_one_round_trip_and_a_repeat_
             .into_inner()
             .checkout
             .unwrap();
-        round_trips.push(proxy.settled().await - before);
+        match &proxy {
+            Some(proxy) => round_trips.push(proxy.settled().await - before),
+            None => {
+                let logged = statement_log()[before..].to_vec();
+                assert!(
+                    logged
+                        .iter()
+                        .any(|s| s.contains("INSERT INTO idempotency_keys ")
+                            && s.contains("INSERT INTO sagas ")
+                            && s.contains("INSERT INTO saga_steps ")),
+                    "the saga and the key in one hand-off: {logged:?}"
+                );
+            }
+        }
         started.push((request_id, cart_id, answer));
     }
-    // The first prepares the statement on its connection: a round trip more.
-    assert_eq!(round_trips[1], 1, "the saga and the key in one statement");
+    if postgres {
+        // The first prepares the statement on its connection: a round trip more.
+        assert_eq!(round_trips[1], 1, "the saga and the key in one statement");
+    }
 
     let (request_id, cart_id, first) = &started[0];
     let again = api

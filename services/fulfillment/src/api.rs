@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use checkout_kit::db::{Backend, Db, now_millis};
+use checkout_kit::db::{Db, now_millis};
 use checkout_kit::idempotency::{Idempotency, Key};
 use checkout_kit::idempotent;
 use checkout_kit::server::{GrpcServer, ServerLimits};
@@ -89,9 +89,10 @@ impl FulfillmentService for FulfillmentServiceApi {
         v.finish()?;
         let key = Key::new(CREATE_SHIPMENTS, &req)?;
         let address = req.address.clone().unwrap_or_default();
-        // The common case on Postgres, a first create of a served checkout, is one round trip;
-        // anything else (a repeat, a known checkout, a refusal, SQLite) goes the usual way.
-        if self.db.backend() == Backend::Postgres && self.served.serves(&address.country_code) {
+        // The common case, a first create of a served checkout, is one write (one round trip on
+        // Postgres, one hand-off on SQLite); anything else (a repeat, a known checkout, a
+        // refusal) goes the usual way.
+        if self.served.serves(&address.country_code) {
             let now = now_millis();
             let planned = shipments::plan(&req.checkout_id, &req.allocations, &address, now);
             let response = CreateShipmentsResponse {

@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use checkout_kit::db::{Backend, DbError, Tx, values_list};
-use checkout_kit::idempotency::{Idempotency, Key, in_one_statement_sql};
+use checkout_kit::idempotency::{Idempotency, Key, in_one_hand_off_sql, in_one_statement_sql};
 use checkout_kit::on_backend;
 use checkout_proto::fulfillment::CreateShipmentsResponse;
 
@@ -109,9 +109,9 @@ static CREATE_IN_ONE_STATEMENT: LazyLock<String> = LazyLock::new(|| {
     ))
 });
 
-/// Writes the first create of a checkout and its answer with the request's key in one
-/// statement on Postgres; false when nothing was written (on SQLite, or when the checkout or
-/// the key is known already), and the request goes the usual way.
+/// Writes the first create of a checkout and its answer with the request's key in one go (one
+/// statement on Postgres, one string of statements on SQLite); false when nothing was written
+/// (the checkout or the key is known already), and the request goes the usual way.
 pub async fn create_in_one_statement(
     idempotency: &Idempotency,
     key: &Key,
@@ -125,31 +125,45 @@ pub async fn create_in_one_statement(
         .iter()
         .flat_map(|(row, lines)| lines.iter().map(|l| (row.shipment_id.as_str(), l)))
         .collect();
+    // A plain insert of the checkout's record: a known checkout refuses the whole string.
+    let sqlite = in_one_hand_off_sql(&format!(
+        "INSERT INTO fulfillment_checkouts (checkout_id, state, updated_at) \
+         VALUES (?, 'created', ?); {}",
+        shipments_sqlite_sql(shipments.len(), lines.len())
+    ));
+    let postgres = CREATE_IN_ONE_STATEMENT.as_str();
     idempotency
-        .in_one_statement(key, answer, CREATE_IN_ONE_STATEMENT.as_str(), |query| {
-            query
-                .bind(checkout_id)
-                .bind(now)
-                .bind(column(&rows, |r| r.shipment_id.as_str()))
-                .bind(column(&rows, |r| r.checkout_id.as_str()))
-                .bind(column(&rows, |r| r.warehouse_id.as_str()))
-                .bind(column(&rows, |r| r.status.as_str()))
-                .bind(column(&rows, |r| r.tracking_number.as_str()))
-                .bind(column(&rows, |r| r.recipient_name.as_str()))
-                .bind(column(&rows, |r| r.line1.as_str()))
-                .bind(column(&rows, |r| r.line2.as_str()))
-                .bind(column(&rows, |r| r.city.as_str()))
-                .bind(column(&rows, |r| r.region.as_str()))
-                .bind(column(&rows, |r| r.postal_code.as_str()))
-                .bind(column(&rows, |r| r.country_code.as_str()))
-                .bind(column(&rows, |r| r.phone.as_str()))
-                .bind(column(&rows, |r| r.version))
-                .bind(column(&rows, |r| r.created_at))
-                .bind(column(&rows, |r| r.updated_at))
-                .bind(column(&lines, |(id, _)| *id))
-                .bind(column(&lines, |(_, l)| l.sku.as_str()))
-                .bind(column(&lines, |(_, l)| l.quantity))
-        })
+        .in_one_statement(
+            key,
+            answer,
+            (postgres, |query| {
+                query
+                    .bind(checkout_id)
+                    .bind(now)
+                    .bind(column(&rows, |r| r.shipment_id.as_str()))
+                    .bind(column(&rows, |r| r.checkout_id.as_str()))
+                    .bind(column(&rows, |r| r.warehouse_id.as_str()))
+                    .bind(column(&rows, |r| r.status.as_str()))
+                    .bind(column(&rows, |r| r.tracking_number.as_str()))
+                    .bind(column(&rows, |r| r.recipient_name.as_str()))
+                    .bind(column(&rows, |r| r.line1.as_str()))
+                    .bind(column(&rows, |r| r.line2.as_str()))
+                    .bind(column(&rows, |r| r.city.as_str()))
+                    .bind(column(&rows, |r| r.region.as_str()))
+                    .bind(column(&rows, |r| r.postal_code.as_str()))
+                    .bind(column(&rows, |r| r.country_code.as_str()))
+                    .bind(column(&rows, |r| r.phone.as_str()))
+                    .bind(column(&rows, |r| r.version))
+                    .bind(column(&rows, |r| r.created_at))
+                    .bind(column(&rows, |r| r.updated_at))
+                    .bind(column(&lines, |(id, _)| *id))
+                    .bind(column(&lines, |(_, l)| l.sku.as_str()))
+                    .bind(column(&lines, |(_, l)| l.quantity))
+            }),
+            (sqlite.as_str(), |query| {
+                bind_shipments_sqlite(query.bind(checkout_id).bind(now), shipments, &lines)
+            }),
+        )
         .await
 }
 
@@ -216,33 +230,50 @@ pub async fn insert_shipments(
     if shipments.is_empty() {
         return Ok(());
     }
+    let sql = shipments_sqlite_sql(shipments.len(), lines.len());
+    bind_shipments_sqlite(sqlx::query(&sql), shipments, &lines)
+        .execute(&mut **conn)
+        .await?;
+    Ok(())
+}
+
+/// The SQLite inserts of `shipments` new shipments with `lines` lines, as one string (at least
+/// one shipment): the values bound by [`bind_shipments_sqlite`].
+fn shipments_sqlite_sql(shipments: usize, lines: usize) -> String {
     let mut sql = format!(
         "INSERT INTO shipments ({SHIPMENT_COLUMNS}) VALUES {}",
-        values_list(Backend::Sqlite, shipments.len(), 16)
+        values_list(Backend::Sqlite, shipments, 16)
     );
-    if !lines.is_empty() {
+    if lines > 0 {
         sql += &format!(
             "; INSERT INTO shipment_lines (shipment_id, sku, quantity) VALUES {}",
-            values_list(Backend::Sqlite, lines.len(), 3)
+            values_list(Backend::Sqlite, lines, 3)
         );
     }
     // A new shipment has no history: its first event is number 1.
     sql += &format!(
         "; INSERT INTO shipment_events (shipment_id, sequence, status, at) VALUES {}",
-        values_list(Backend::Sqlite, shipments.len(), 3).replace("(?, ", "(?, 1, ")
+        values_list(Backend::Sqlite, shipments, 3).replace("(?, ", "(?, 1, ")
     );
-    let mut q = sqlx::query(&sql);
+    sql
+}
+
+/// Binds the values of [`shipments_sqlite_sql`]'s statements.
+fn bind_shipments_sqlite<'q>(
+    mut q: Query<'q, sqlx::Sqlite>,
+    shipments: &'q [(ShipmentRow, Vec<LineRow>)],
+    lines: &[(&'q str, &'q LineRow)],
+) -> Query<'q, sqlx::Sqlite> {
     for (s, _) in shipments {
         q = bind_shipment(q, s);
     }
-    for (shipment_id, line) in &lines {
+    for (shipment_id, line) in lines {
         q = q.bind(*shipment_id).bind(&line.sku).bind(line.quantity);
     }
     for (s, _) in shipments {
         q = q.bind(&s.shipment_id).bind(&s.status).bind(s.created_at);
     }
-    q.execute(&mut **conn).await?;
-    Ok(())
+    q
 }
 
 /// A statement with its values bound so far, on either backend.

@@ -41,8 +41,8 @@ use crate::shutdown::Shutdown;
 use crate::status::{self, Rejection};
 
 pub use key::{IdempotentRequest, Key};
-pub use store::PgQuery;
 use store::{ClaimOutcome, Found, StoredAnswer};
+pub use store::{PgQuery, SqliteQuery};
 
 /// Reason of a request whose key was used before for a different request.
 pub const KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
@@ -117,6 +117,13 @@ pub struct Execution<T> {
 /// The recovery point of a freshly claimed key.
 pub const STARTED: &str = "started";
 
+/// The statements of a database-only effect that [`Idempotency::in_one_statement`] runs on
+/// SQLite: the key's insert, then `statements`, whose anonymous `?` parameters take the values
+/// bound after the key's.
+pub fn in_one_hand_off_sql(statements: &str) -> String {
+    store::in_one_hand_off_sql(statements)
+}
+
 /// The statement of a database-only effect that [`Idempotency::in_one_statement`] runs. The
 /// key's insert comes first, as a data-modifying CTE with the parameters `$1`–`$9`; `effect`
 /// goes on from there with more CTEs (`name AS (…), …`) and the final statement, its
@@ -184,32 +191,38 @@ impl Idempotency {
         })
     }
 
-    /// Runs a database-only effect and stores its answer as one Postgres statement, outside
-    /// any transaction: no `BEGIN`, no `COMMIT`, one round trip. For an effect whose rows and
-    /// answer are known before anything is read (`sql` from [`in_one_statement_sql`], `bind`
-    /// binding its parameters from `$10`). True when it committed. False when it changed
-    /// nothing: a unique key refused it (the key is remembered, or a row of the effect exists
-    /// already), or the backend is SQLite, which has no data-modifying CTEs. The caller then
-    /// runs the request the usual way ([`idempotent!`]), which settles a repeat, a reused key or
-    /// an existing row as it always does.
+    /// Runs a database-only effect whose rows and answer are known before anything is read,
+    /// and stores its answer, in one go: on Postgres one statement outside any transaction (no
+    /// `BEGIN`, no `COMMIT`, one round trip: `postgres` is the SQL of
+    /// [`in_one_statement_sql`], its binder binding from `$10`); on SQLite one string of
+    /// statements in a write transaction, the key's insert first (one hand-off to the writer's
+    /// thread instead of one per statement: `sqlite` is the string of [`in_one_hand_off_sql`],
+    /// its binder binding the effect's anonymous `?` parameters). True when it committed. False when
+    /// it changed nothing because a unique key refused it (the key is remembered, or a row of
+    /// the effect exists already): the caller then runs the request the usual way
+    /// ([`idempotent!`]), which settles a repeat, a reused key or an existing row as it always
+    /// does.
     pub async fn in_one_statement<'q, T: Message>(
         &self,
         key: &'q Key,
         answer: &T,
-        sql: &'q str,
-        bind: impl FnOnce(PgQuery<'q>) -> PgQuery<'q>,
+        postgres: (&'q str, impl FnOnce(PgQuery<'q>) -> PgQuery<'q>),
+        sqlite: (&'q str, impl FnOnce(SqliteQuery<'q>) -> SqliteQuery<'q>),
     ) -> Result<bool, Status> {
-        if self.db.backend() != crate::db::Backend::Postgres {
-            return Ok(false);
-        }
         let answer = StoredAnswer::ok(answer);
         let mut tx = self.db.single_write().await.map_err(db_status)?;
-        let Tx::Postgres(conn) = &mut tx else {
-            return Ok(false);
-        };
-        let committed = store::run_in_one_statement(conn, sql, key, &answer, &self.config, bind)
-            .await
-            .map_err(db_status)?;
+        let committed = match &mut tx {
+            Tx::Postgres(conn) => {
+                let (sql, bind) = postgres;
+                store::run_in_one_statement(conn, sql, key, &answer, &self.config, bind).await
+            }
+            Tx::Sqlite(conn) => {
+                let (sql, bind) = sqlite;
+                store::run_in_one_hand_off(conn, sql, key, &answer, &self.config, bind).await
+            }
+        }
+        // Dropped unfinished, a SQLite write rolls back whatever part of its string ran.
+        .map_err(db_status)?;
         if committed {
             tx.commit().await.map_err(db_status)?;
         } else {

@@ -246,6 +246,53 @@ pub(super) async fn run_in_one_statement<'q>(
 /// A Postgres statement with its arguments, as [`run_in_one_statement`] binds them.
 pub type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
+/// SQLite statements with their arguments, as [`run_in_one_hand_off`] binds them.
+pub type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// [`INSERT_DONE`] with anonymous parameters, so the statements after it in one SQLite string
+/// take their `?` values from the twelfth on (sqlx counts only anonymous parameters there).
+const INSERT_DONE_SQLITE: &str = "INSERT INTO idempotency_keys \
+       (scope, request_id, fingerprint, state, response_code, response_message, \
+        response_body, recovery_point, lock_token, locked_until, created_at, \
+        completed_at, expires_at) \
+     VALUES (?, ?, ?, 'done', ?, ?, ?, ?, '', ?, ?, ?, ?)";
+
+/// The string of a whole effect on SQLite: [`INSERT_DONE_SQLITE`], then `statements`.
+pub(super) fn in_one_hand_off_sql(statements: &str) -> String {
+    format!("{INSERT_DONE_SQLITE}; {statements}")
+}
+
+/// Runs a string of [`in_one_hand_off_sql`] in the open write transaction, `bind` adding the
+/// values of the effect's statements after the key's. True if all of it ran; false if a unique
+/// key refused a statement (the caller rolls back what ran before it).
+pub(super) async fn run_in_one_hand_off<'q>(
+    conn: &mut sqlx::SqliteConnection,
+    sql: &'q str,
+    key: &'q Key,
+    answer: &StoredAnswer,
+    config: &IdempotencyConfig,
+    bind: impl FnOnce(SqliteQuery<'q>) -> SqliteQuery<'q>,
+) -> Result<bool, DbError> {
+    let now = now_millis();
+    let query = sqlx::query(sql)
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(key.fingerprint().as_slice())
+        .bind(answer.code as i32)
+        .bind(answer.message.clone())
+        .bind(answer.body.clone())
+        .bind(STARTED)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(now.saturating_add(millis(config.retention)));
+    match bind(query).execute(conn).await {
+        Ok(_) => Ok(true),
+        Err(e) if crate::db::is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -1,6 +1,6 @@
 //! The idempotency rules, on the backend the test run picks.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use checkout_proto::cart::{AddItemRequest, Cart, CartLine};
@@ -547,11 +547,26 @@ fn the_fingerprint_ignores_only_the_request_id() {
     assert_ne!(a.fingerprint(), other_rpc.fingerprint());
 }
 
-/// One run of an effect with a unique row, as [`Idempotency::in_one_statement`] runs it.
-async fn in_one_statement(layer: &Idempotency, sql: &str, request_id: &str, row: &str) -> bool {
+/// One run of an effect with a unique row, as [`Idempotency::in_one_statement`] runs it: on
+/// SQLite a note first, then the unique row, so a refused row must take the note back with it.
+async fn in_one_statement(layer: &Idempotency, request_id: &str, row: &str) -> bool {
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
+        in_one_statement_sql("effect AS (INSERT INTO unique_effects (id) VALUES ($10)) SELECT 1")
+    });
+    static SQLITE: LazyLock<String> = LazyLock::new(|| {
+        in_one_hand_off_sql(
+            "INSERT INTO effects (id, note) VALUES (?, 'in one go'); \
+             INSERT INTO unique_effects (id) VALUES (?)",
+        )
+    });
     let key = Key::new(SCOPE, &request(request_id, 2)).unwrap();
     layer
-        .in_one_statement(&key, &answer(2), sql, |query| query.bind(row))
+        .in_one_statement(
+            &key,
+            &answer(2),
+            (POSTGRES.as_str(), |query| query.bind(row)),
+            (SQLITE.as_str(), |query| query.bind(row).bind(row)),
+        )
         .await
         .unwrap()
 }
@@ -567,36 +582,35 @@ async fn in_one_statement_writes_the_effect_with_its_key_done_or_nothing() {
             .unwrap();
     });
     tx.commit().await.unwrap();
-    let sql =
-        in_one_statement_sql("effect AS (INSERT INTO unique_effects (id) VALUES ($10)) SELECT 1");
     let (first, second) = (id(), id());
 
-    if db.backend() == crate::db::Backend::Sqlite {
-        // No data-modifying CTEs: nothing runs, and the caller goes the usual way.
-        assert!(!in_one_statement(&layer, &sql, &first, "a").await);
-        assert_eq!(
-            (keys(&db).await, count(&db, "unique_effects").await),
-            (0, 0)
-        );
-        return;
-    }
-    assert!(in_one_statement(&layer, &sql, &first, "a").await);
+    assert!(in_one_statement(&layer, &first, "a").await);
+    let sqlite_notes = i64::from(db.backend() == crate::db::Backend::Sqlite);
     assert_eq!(
-        (keys(&db).await, count(&db, "unique_effects").await),
-        (1, 1)
+        (
+            keys(&db).await,
+            count(&db, "unique_effects").await,
+            effects(&db).await
+        ),
+        (1, 1, sqlite_notes)
     );
     // The key is done with the answer: the usual way replays it and its handler's change goes.
     assert_eq!(
         add_item(&layer, &request(&first, 2)).await.unwrap(),
         answer(2)
     );
-    assert_eq!(effects(&db).await, 0);
+    assert_eq!(effects(&db).await, sqlite_notes);
     // The key known already: nothing is written.
-    assert!(!in_one_statement(&layer, &sql, &first, "b").await);
-    // The effect's row known already: the new key is not stored either.
-    assert!(!in_one_statement(&layer, &sql, &second, "a").await);
+    assert!(!in_one_statement(&layer, &first, "b").await);
+    // The effect's row known already: the new key is not stored either, nor (on SQLite) the
+    // note written before the refused row.
+    assert!(!in_one_statement(&layer, &second, "a").await);
     assert_eq!(
-        (keys(&db).await, count(&db, "unique_effects").await),
-        (1, 1)
+        (
+            keys(&db).await,
+            count(&db, "unique_effects").await,
+            effects(&db).await
+        ),
+        (1, 1, sqlite_notes)
     );
 }
