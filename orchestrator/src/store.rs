@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use checkout_kit::db::{Backend, DbError, Tx, values_list};
+use checkout_kit::db::{Backend, DbError, Tx, shift_parameters, values_list};
 use checkout_kit::idempotency::{
     Idempotency, Key, PgQuery, in_one_hand_off_sql, in_one_statement_sql,
 };
@@ -363,26 +363,6 @@ static INSERT_SAGA_POSTGRES: LazyLock<String> =
 /// [`NEW_SAGA_POSTGRES`] after the request's idempotency key, which takes `$1`–`$9`.
 static START_POSTGRES: LazyLock<String> =
     LazyLock::new(|| in_one_statement_sql(&shift_parameters(&NEW_SAGA_POSTGRES, 9)));
-
-/// `sql` with every `$n` made `$n+by`.
-fn shift_parameters(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..=at]);
-        rest = &rest[at + 1..];
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        match rest[..digits].parse::<usize>() {
-            Ok(n) => out.push_str(&(n + by).to_string()),
-            Err(_) => out.push_str(&rest[..digits]),
-        }
-        rest = &rest[digits..];
-    }
-    out.push_str(rest);
-    out
-}
 
 /// Binds a new saga's values to [`NEW_SAGA_POSTGRES`] (after whatever `q` has bound).
 fn bind_new_saga<'q>(q: PgQuery<'q>, new: &NewSaga<'q>) -> PgQuery<'q> {

@@ -271,7 +271,7 @@ pub async fn lock(
             line.unit_price_minor = line.catalog_price_minor;
         }
     }
-    storage::set_state(tx, cart_id, CHECKING_OUT, Some(checkout_id)).await?;
+    storage::set_state_last(tx, cart_id, CHECKING_OUT, Some(checkout_id)).await?;
     Ok(snapshot(&cart, checkout_id, &lines))
 }
 

@@ -212,6 +212,24 @@ pub async fn order_cart_of_checkout(
     }))
 }
 
+/// Moves a cart to a state ([`set_state`]).
+const SET_STATE: &str = "UPDATE carts SET state = $2, checkout_id = $3 WHERE cart_id = $1";
+
+/// Moves a cart to a state, with the checkout that holds it, as the last write of a request
+/// whose key is stored next ([`Tx::write_last`]: on SQLite one hand-off with the key's).
+pub async fn set_state_last(
+    tx: &mut Tx,
+    cart_id: &str,
+    state: &str,
+    checkout_id: Option<&str>,
+) -> Result<(), DbError> {
+    tx.write_last(
+        SET_STATE.to_owned(),
+        vec![cart_id.into(), state.into(), checkout_id.into()],
+    )
+    .await
+}
+
 /// Moves a cart to a state, with the checkout that holds it (none when active).
 pub async fn set_state(
     tx: &mut Tx,
@@ -220,7 +238,7 @@ pub async fn set_state(
     checkout_id: Option<&str>,
 ) -> Result<(), DbError> {
     on_backend!(tx, conn => {
-        sqlx::query("UPDATE carts SET state = $2, checkout_id = $3 WHERE cart_id = $1")
+        sqlx::query(SET_STATE)
             .bind(cart_id)
             .bind(state)
             .bind(checkout_id)

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use checkout_cart::api::{CartServiceApi, seed_catalog};
 use checkout_cart::carts::CartLimits;
 use checkout_cart::catalog::{Catalog, CatalogEntry};
-use checkout_kit::db::Db;
+use checkout_kit::db::{Backend, Db};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::status::{fields_of, reason_of};
-use checkout_kit::testing::TestDatabase;
+use checkout_kit::testing::{TestDatabase, statement_log};
 use checkout_proto::cart::cart_service_server::CartService;
 use checkout_proto::cart::*;
 use tonic::{Code, Request, Status};
@@ -372,13 +372,24 @@ async fn bad_items_are_refused_by_field_and_change_nothing() {
 
 #[tokio::test]
 async fn a_lock_snapshots_the_cart_and_stops_edits_until_unlocked() {
+    statement_log();
     let h = harness().await;
     let cart = h.create("alice", "USD").await;
     h.add(&cart, "HOODIE-GRY-M", 2).await.unwrap();
     h.add(&cart, "SOCKS-3PK", 1).await.unwrap();
     let checkout = rid();
 
+    let before = statement_log().len();
     let snapshot = h.lock(&cart, &checkout).await.unwrap();
+    if h.db.backend() == Backend::Sqlite {
+        // The cart's new state is the lock's last write: it goes with the key.
+        let logged = statement_log()[before..].to_vec();
+        assert!(
+            logged.iter().any(|s| s.contains("UPDATE carts SET state ")
+                && s.contains("INSERT INTO idempotency_keys ")),
+            "the state and the key in one hand-off: {logged:?}"
+        );
+    }
     assert_eq!(snapshot.cart_id, cart.cart_id);
     assert_eq!(snapshot.checkout_id, checkout);
     assert_eq!(snapshot.currency_code, "USD");

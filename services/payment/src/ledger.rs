@@ -1,5 +1,6 @@
 //! The double-entry ledger: every money movement is one transaction of entries whose debits
-//! equal its credits, written in the same database transaction as the payment's state change.
+//! equal its credits, written in the same database transaction as the payment's state change,
+//! as that transaction's last write before the request's key ([`storage::insert_entries`]).
 //!
 //! Accounts (the merchant's view):
 //! * `card_holds` / `holds_outstanding`: an authorization hold and its release (memo pair);

@@ -216,7 +216,9 @@ pub struct Change {
     pub card_last4: Option<String>,
 }
 
-/// Inserts the entries of one ledger transaction in one statement.
+/// Inserts the entries of one ledger transaction in one statement, as the last write of a
+/// request whose key is stored next ([`Tx::write_last`]: on SQLite one hand-off with the
+/// key's).
 pub async fn insert_entries(tx: &mut Tx, entries: &[EntryRow]) -> Result<(), DbError> {
     if entries.is_empty() {
         return Ok(());
@@ -225,24 +227,24 @@ pub async fn insert_entries(tx: &mut Tx, entries: &[EntryRow]) -> Result<(), DbE
         "INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES {}",
         values_list(tx.backend(), entries.len(), 10)
     );
-    on_backend!(tx, conn => {
-        let mut q = sqlx::query(&sql);
-        for e in entries {
-            q = q
-                .bind(&e.entry_id)
-                .bind(&e.transaction_id)
-                .bind(&e.payment_id)
-                .bind(&e.checkout_id)
-                .bind(&e.account)
-                .bind(&e.direction)
-                .bind(e.amount_minor)
-                .bind(&e.currency_code)
-                .bind(&e.description)
-                .bind(e.created_at);
-        }
-        q.execute(&mut *conn).await?;
-    });
-    Ok(())
+    let values = entries
+        .iter()
+        .flat_map(|e| {
+            [
+                e.entry_id.as_str().into(),
+                e.transaction_id.as_str().into(),
+                e.payment_id.as_str().into(),
+                e.checkout_id.as_str().into(),
+                e.account.as_str().into(),
+                e.direction.as_str().into(),
+                e.amount_minor.into(),
+                e.currency_code.as_str().into(),
+                e.description.as_str().into(),
+                e.created_at.into(),
+            ]
+        })
+        .collect();
+    tx.write_last(sql, values).await
 }
 
 /// A payment's ledger entries after `after_entry`, oldest first.

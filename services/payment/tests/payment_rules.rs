@@ -489,6 +489,17 @@ async fn a_processor_call_records_its_recovery_point_with_the_claim_not_after_it
             .any(|s| s.contains("UPDATE idempotency_keys SET recovery_point")),
         "{logged:?}"
     );
+    if h.db.backend() == checkout_kit::db::Backend::Sqlite {
+        // The ledger's entries are a settled call's last write: they go with the key's answer.
+        let settled = logged
+            .iter()
+            .filter(|s| {
+                s.contains("INSERT INTO ledger_entries ")
+                    && s.contains("UPDATE idempotency_keys SET state = 'done'")
+            })
+            .count();
+        assert!(settled >= 3, "hold, capture and refund: {logged:?}");
+    }
 }
 
 #[tokio::test]

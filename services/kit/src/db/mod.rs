@@ -15,9 +15,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection};
 
+mod last_write;
 mod lease;
 mod sqlite_writer;
 
+pub use last_write::{LastWrite, Value, shift_parameters};
 pub use lease::{Lease, Leases};
 pub use sqlite_writer::{WriteGate, WriteTx};
 
@@ -495,7 +497,9 @@ impl std::ops::DerefMut for SqliteTx {
 
 impl Tx {
     /// Makes the transaction's changes durable.
-    pub async fn commit(self) -> Result<(), DbError> {
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        // A write still held by `write_last` is one of the changes.
+        self.run_last_write().await?;
         match self {
             // Read transactions commit nothing durable.
             Self::Sqlite(SqliteTx::Read(mut lease)) => {

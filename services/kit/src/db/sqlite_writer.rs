@@ -90,6 +90,7 @@ impl WriteGate {
                 turn: Some(turn),
                 role: Role::Leader,
                 gate,
+                last: None,
             };
             let writer = tx.turn.as_mut().expect("held until finished");
             if writer.conn.is_none() {
@@ -219,6 +220,8 @@ pub struct WriteTx {
     turn: Option<Turn>,
     role: Role,
     gate: WriteGate,
+    /// The write held for the key's statement ([`Tx::write_last`](super::Tx::write_last)).
+    last: Option<super::LastWrite>,
 }
 
 impl WriteTx {
@@ -267,6 +270,16 @@ impl WriteTx {
         }
     }
 
+    /// Holds a write for the key's statement.
+    pub(super) fn hold_last(&mut self, write: super::LastWrite) {
+        self.last = Some(write);
+    }
+
+    /// Takes the write held for the key's statement.
+    pub(super) fn take_last(&mut self) -> Option<super::LastWrite> {
+        self.last.take()
+    }
+
     /// The writer connection, inside the transaction.
     pub(super) fn conn_ref(&self) -> &SqliteConnection {
         self.turn
@@ -277,6 +290,10 @@ impl WriteTx {
 
     /// The writer connection, inside the transaction, to run statements on.
     pub(super) fn conn(&mut self) -> &mut SqliteConnection {
+        debug_assert!(
+            self.last.is_none(),
+            "a statement other than the key's after Tx::write_last"
+        );
         self.turn
             .as_mut()
             .and_then(|turn| turn.conn.as_mut())

@@ -8,7 +8,7 @@ use prost::bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::{IdempotencyConfig, Key, STARTED};
-use crate::db::{DbError, Tx, now_millis};
+use crate::db::{DbError, Tx, now_millis, shift_parameters};
 use crate::on_backend;
 use crate::status;
 
@@ -210,6 +210,20 @@ pub(super) async fn record(
     config: &IdempotencyConfig,
 ) -> Result<bool, DbError> {
     let now = now_millis();
+    if let Some(last) = tx.take_last_write() {
+        // The handler's held write and the key in one hand-off to SQLite's writer thread; the
+        // key's returned row tells whether it was stored.
+        let sql = format!(
+            "{}; {} RETURNING 1",
+            last.sql(),
+            shift_parameters(&RECORD, last.len())
+        );
+        let Tx::Sqlite(conn) = tx else {
+            unreachable!("only an SQLite write holds a write back")
+        };
+        let query = bind_done(last.bind(sqlx::query(&sql)), key, answer, now, config);
+        return Ok(query.fetch_all(&mut **conn).await?.len() == 1);
+    }
     let written = on_backend!(tx, conn => {
         bind_done(sqlx::query(RECORD.as_str()), key, answer, now, config)
             .execute(&mut *conn)
@@ -413,6 +427,36 @@ pub(super) async fn claim(
     })
 }
 
+/// Stores the final answer of the key held by `token` ([`bind_complete`]).
+const COMPLETE: &str = "UPDATE idempotency_keys SET state = 'done', response_code = $3, \
+       response_message = $4, response_body = $5, completed_at = $6, locked_until = $6 \
+     WHERE scope = $1 AND request_id = $2 AND lock_token = $7 AND state = 'in_progress'";
+
+/// Binds the seven parameters of [`COMPLETE`] on either backend.
+fn bind_complete<'q, DB>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    key: &'q Key,
+    token: &'q str,
+    answer: &'q StoredAnswer,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q [u8]: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(key.scope())
+        .bind(key.request_id())
+        .bind(answer.code as i32)
+        .bind(&answer.message)
+        .bind(answer.body.as_slice())
+        .bind(now_millis())
+        .bind(token)
+}
+
 /// Stores the final answer of the key held by `token`; false if the key is no longer held.
 pub(super) async fn complete(
     tx: &mut Tx,
@@ -420,23 +464,24 @@ pub(super) async fn complete(
     token: &str,
     answer: &StoredAnswer,
 ) -> Result<bool, DbError> {
-    let now = now_millis();
+    if let Some(last) = tx.take_last_write() {
+        // As in `record`: the held write and the key in one hand-off.
+        let sql = format!(
+            "{}; {} RETURNING 1",
+            last.sql(),
+            shift_parameters(COMPLETE, last.len())
+        );
+        let Tx::Sqlite(conn) = tx else {
+            unreachable!("only an SQLite write holds a write back")
+        };
+        let query = bind_complete(last.bind(sqlx::query(&sql)), key, token, answer);
+        return Ok(query.fetch_all(&mut **conn).await?.len() == 1);
+    }
     let updated = on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE idempotency_keys SET state = 'done', response_code = $3, \
-               response_message = $4, response_body = $5, completed_at = $6, locked_until = $6 \
-             WHERE scope = $1 AND request_id = $2 AND lock_token = $7 AND state = 'in_progress'",
-        )
-        .bind(key.scope())
-        .bind(key.request_id())
-        .bind(answer.code as i32)
-        .bind(&answer.message)
-        .bind(&answer.body)
-        .bind(now)
-        .bind(token)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
+        bind_complete(sqlx::query(COMPLETE), key, token, answer)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
     });
     Ok(updated == 1)
 }

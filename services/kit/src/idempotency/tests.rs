@@ -614,3 +614,64 @@ async fn in_one_statement_writes_the_effect_with_its_key_done_or_nothing() {
         (1, 1, sqlite_notes)
     );
 }
+
+/// Adds a line through [`idempotent!`], its effect written by [`Tx::write_last`].
+async fn add_item_held(layer: &Idempotency, request: &AddItemRequest) -> Result<Cart, Status> {
+    let key = Key::new(SCOPE, request)?;
+    idempotent!(layer, key, |tx| {
+        tx.write_last(
+            "INSERT INTO effects (id, note) VALUES ($1, 'held')".to_owned(),
+            vec![request.request_id.as_str().into()],
+        )
+        .await
+        .map_err(|e| status::database(&e))?;
+        Ok(answer(request.quantity))
+    })
+}
+
+#[tokio::test]
+async fn a_held_write_goes_with_the_key_and_is_rolled_back_with_a_repeat() {
+    crate::testing::statement_log();
+    let (_database, db, layer) = setup(IdempotencyConfig::default()).await;
+    let request = request(&id(), 3);
+    let before = crate::testing::statement_log().len();
+    assert_eq!(add_item_held(&layer, &request).await.unwrap(), answer(3));
+    let logged = crate::testing::statement_log()[before..].to_vec();
+    assert_eq!((effects(&db).await, keys(&db).await), (1, 1));
+    if db.backend() == crate::db::Backend::Sqlite {
+        assert!(
+            logged.iter().any(|s| s.contains("INSERT INTO effects ")
+                && s.contains("INSERT INTO idempotency_keys ")),
+            "the held write and the key in one hand-off: {logged:?}"
+        );
+    }
+    // A repeat runs its handler in vain: the key is remembered, so its held write goes too.
+    assert_eq!(add_item_held(&layer, &request).await.unwrap(), answer(3));
+    assert_eq!((effects(&db).await, keys(&db).await), (1, 1));
+}
+
+#[tokio::test]
+async fn a_held_write_commits_with_its_transaction_and_a_rollback_drops_it() {
+    let (_database, db, _layer) = setup(IdempotencyConfig::default()).await;
+    let hold = async |note: &str| {
+        let mut tx = db.begin().await.unwrap();
+        tx.write_last(
+            "INSERT INTO effects (id, note) VALUES ($1, $2)".to_owned(),
+            vec![id().as_str().into(), note.into()],
+        )
+        .await
+        .unwrap();
+        // A second held write runs the first: both keep their order.
+        tx.write_last(
+            "INSERT INTO effects (id, note) VALUES ($1, $2)".to_owned(),
+            vec![id().as_str().into(), Some(note).into()],
+        )
+        .await
+        .unwrap();
+        tx
+    };
+    hold("rolled back").await.rollback().await.unwrap();
+    assert_eq!(effects(&db).await, 0);
+    hold("committed").await.commit().await.unwrap();
+    assert_eq!(effects(&db).await, 2);
+}
