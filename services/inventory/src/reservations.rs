@@ -381,7 +381,8 @@ async fn move_stock(
     Ok(reservation(left, lines, allocations))
 }
 
-/// Writes each allocation's units to its stock row.
+/// Writes each allocation's units to its stock row: the request's last writes, so nothing but
+/// its key may follow.
 async fn move_units(
     tx: &mut Tx,
     allocations: &[AllocationRow],

@@ -284,7 +284,8 @@ pub async fn reserve_if_unchanged(
     Ok(n == 1)
 }
 
-/// Returns reserved units to availability.
+/// Returns reserved units to availability, as a request's last write before its key
+/// ([`Tx::write_last`]: on SQLite one hand-off with the key's).
 pub async fn unreserve(
     tx: &mut Tx,
     sku: &str,
@@ -292,22 +293,17 @@ pub async fn unreserve(
     quantity: i64,
     now: i64,
 ) -> Result<(), DbError> {
-    on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE stock SET reserved = reserved - $3, version = version + 1, updated_at = $4 \
-             WHERE sku = $1 AND warehouse_id = $2",
-        )
-        .bind(sku)
-        .bind(warehouse_id)
-        .bind(quantity)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
+    tx.write_last(
+        "UPDATE stock SET reserved = reserved - $3, version = version + 1, updated_at = $4 \
+         WHERE sku = $1 AND warehouse_id = $2"
+            .to_owned(),
+        vec![sku.into(), warehouse_id.into(), quantity.into(), now.into()],
+    )
+    .await
 }
 
-/// Reserved units leave the warehouse.
+/// Reserved units leave the warehouse, as a request's last write before its key
+/// ([`Tx::write_last`]).
 pub async fn ship_out(
     tx: &mut Tx,
     sku: &str,
@@ -315,20 +311,14 @@ pub async fn ship_out(
     quantity: i64,
     now: i64,
 ) -> Result<(), DbError> {
-    on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE stock SET on_hand = on_hand - $3, reserved = reserved - $3, \
-               version = version + 1, updated_at = $4 \
-             WHERE sku = $1 AND warehouse_id = $2",
-        )
-        .bind(sku)
-        .bind(warehouse_id)
-        .bind(quantity)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    });
-    Ok(())
+    tx.write_last(
+        "UPDATE stock SET on_hand = on_hand - $3, reserved = reserved - $3, \
+           version = version + 1, updated_at = $4 \
+         WHERE sku = $1 AND warehouse_id = $2"
+            .to_owned(),
+        vec![sku.into(), warehouse_id.into(), quantity.into(), now.into()],
+    )
+    .await
 }
 
 /// Inserts a reservation row for its checkout unless the checkout has one; false when it has.

@@ -54,6 +54,20 @@ fn assert_stock_written_last(request: &str, logged: &[String]) {
     }
 }
 
+/// On SQLite, asserts that a commit's or release's last stock write went to the writer's
+/// thread with the request's key, in one hand-off ([`checkout_kit::db::Tx::write_last`]).
+fn assert_last_stock_write_goes_with_the_key(request: &str, logged: &[String], h: &Harness) {
+    if h.db.backend() != Backend::Sqlite {
+        return;
+    }
+    assert!(
+        logged
+            .iter()
+            .any(|s| s.contains("UPDATE stock SET") && s.contains("INSERT INTO idempotency_keys")),
+        "{request}'s last stock write and its key in one hand-off: {logged:?}"
+    );
+}
+
 #[tokio::test]
 async fn reserve_commit_and_release_write_their_stock_rows_last() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -76,10 +90,12 @@ async fn reserve_commit_and_release_write_their_stock_rows_last() {
     let before = statement_log().len();
     h.commit(&kept).await.unwrap();
     assert_stock_written_last("a commit", &statement_log()[before..]);
+    assert_last_stock_write_goes_with_the_key("a commit", &statement_log()[before..], &h);
 
     let before = statement_log().len();
     h.release(&dropped).await.unwrap();
     assert_stock_written_last("a release", &statement_log()[before..]);
+    assert_last_stock_write_goes_with_the_key("a release", &statement_log()[before..], &h);
 
     // What the handlers answered is what they stored.
     let committed = h.reservation(&kept).await;
