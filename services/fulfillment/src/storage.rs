@@ -1,6 +1,6 @@
 //! Every SQL statement of the fulfillment service, portable across SQLite and Postgres. Each
-//! runs in the caller's transaction, except the Postgres-only one-statement create, which is
-//! a transaction of its own.
+//! runs in the caller's transaction, except the first create written with its key in one go,
+//! which is a transaction of its own.
 
 use std::sync::LazyLock;
 
