@@ -628,51 +628,76 @@ pub async fn save_batch(
         .iter()
         .filter(|w| written.contains_key(&w.save.saga.saga_id))
         .collect();
-    let steps: Vec<(&str, &StepRow)> = kept
-        .iter()
-        .flat_map(|w| w.steps.iter().map(|s| (saga_id(w), s)))
-        .collect();
-    let attempts: Vec<(&str, &AttemptRow)> = kept
-        .iter()
-        .flat_map(|w| w.attempts.iter().map(|a| (saga_id(w), *a)))
-        .collect();
-    let events: Vec<(&str, &NewEvent)> = kept
-        .iter()
-        .flat_map(|w| w.events.iter().map(|e| (saga_id(w), e)))
-        .collect();
-    // The three tables' statements go to the writer connection's thread as one string (sqlx
-    // runs a string's statements in order, each `?` taking the next value bound): one hand-off
-    // instead of one per table.
+    let rows = BatchRows::of(kept.into_iter());
     let mut sql = String::new();
-    for run in runs(Backend::Sqlite, &steps) {
-        push_statement(&mut sql, &save_steps_sql(Backend::Sqlite, run.len()));
-    }
-    for run in runs(Backend::Sqlite, &attempts) {
-        push_statement(&mut sql, &record_attempts_sql(Backend::Sqlite, run.len()));
-    }
-    for run in runs(Backend::Sqlite, &events) {
-        push_statement(&mut sql, &append_events_sql(Backend::Sqlite, run.len()));
-    }
+    rows.push_statements(&mut sql);
     if sql.is_empty() {
         return Ok(written);
     }
-    let mut q = sqlx::query(&sql);
-    for (saga_id, step) in &steps {
-        q = bind_step(q, saga_id, step);
-    }
-    for (saga_id, a) in &attempts {
-        q = bind_attempt(q, saga_id, a);
-    }
-    for run in runs(Backend::Sqlite, &events) {
-        for ((saga_id, e), n) in run.iter().zip(event_ordinals(run)) {
-            q = bind_event(q, saga_id, n, at, e);
-        }
-    }
     // Postgres returned above, with its one statement.
     if let Tx::Sqlite(conn) = tx {
-        q.execute(&mut **conn).await?;
+        rows.bind(sqlx::query(&sql), at)
+            .execute(&mut **conn)
+            .await?;
     }
     Ok(written)
+}
+
+/// The steps, attempts and events of a journal batch's sagas, written on SQLite as one string of
+/// statements (sqlx runs a string's statements in order, each `?` taking the next value bound):
+/// one hand-off to the writer connection's thread instead of one per table.
+struct BatchRows<'a> {
+    steps: Vec<(&'a str, &'a StepRow)>,
+    attempts: Vec<(&'a str, &'a AttemptRow)>,
+    events: Vec<(&'a str, &'a NewEvent)>,
+}
+
+impl<'a> BatchRows<'a> {
+    /// The rows of these sagas' writes.
+    fn of<'w: 'a>(writes: impl Iterator<Item = &'a BatchWrite<'w>> + Clone) -> Self {
+        Self {
+            steps: writes
+                .clone()
+                .flat_map(|w| w.steps.iter().map(|s| (saga_id(w), s)))
+                .collect(),
+            attempts: writes
+                .clone()
+                .flat_map(|w| w.attempts.iter().map(|a| (saga_id(w), *a)))
+                .collect(),
+            events: writes
+                .flat_map(|w| w.events.iter().map(|e| (saga_id(w), e)))
+                .collect(),
+        }
+    }
+
+    /// Adds the statements (none for a table without rows) to `sql`.
+    fn push_statements(&self, sql: &mut String) {
+        for run in runs(Backend::Sqlite, &self.steps) {
+            push_statement(sql, &save_steps_sql(Backend::Sqlite, run.len()));
+        }
+        for run in runs(Backend::Sqlite, &self.attempts) {
+            push_statement(sql, &record_attempts_sql(Backend::Sqlite, run.len()));
+        }
+        for run in runs(Backend::Sqlite, &self.events) {
+            push_statement(sql, &append_events_sql(Backend::Sqlite, run.len()));
+        }
+    }
+
+    /// Binds the values of [`BatchRows::push_statements`]'s statements, events stamped `at`.
+    fn bind<'q>(&'q self, mut q: Query<'q, sqlx::Sqlite>, at: i64) -> Query<'q, sqlx::Sqlite> {
+        for (saga_id, step) in &self.steps {
+            q = bind_step(q, saga_id, step);
+        }
+        for (saga_id, a) in &self.attempts {
+            q = bind_attempt(q, saga_id, a);
+        }
+        for run in runs(Backend::Sqlite, &self.events) {
+            for ((saga_id, e), n) in run.iter().zip(event_ordinals(run)) {
+                q = bind_event(q, saga_id, n, at, e);
+            }
+        }
+        q
+    }
 }
 
 /// The journal batch on SQLite as one string of statements, one hand-off to the writer
@@ -689,30 +714,11 @@ async fn save_whole_batch_in_one_hand_off(
     let Tx::Sqlite(conn) = tx else {
         return Ok(None);
     };
-    let steps: Vec<(&str, &StepRow)> = batch
-        .iter()
-        .flat_map(|w| w.steps.iter().map(|s| (saga_id(w), s)))
-        .collect();
-    let attempts: Vec<(&str, &AttemptRow)> = batch
-        .iter()
-        .flat_map(|w| w.attempts.iter().map(|a| (saga_id(w), *a)))
-        .collect();
-    let events: Vec<(&str, &NewEvent)> = batch
-        .iter()
-        .flat_map(|w| w.events.iter().map(|e| (saga_id(w), e)))
-        .collect();
+    let rows = BatchRows::of(batch.iter());
     let saves: Vec<SagaSave<'_>> = batch.iter().map(|w| w.save).collect();
     // The savepoint is not released when all went well: the transaction's COMMIT ends it.
     let mut sql = String::from("SAVEPOINT journal");
-    for run in runs(Backend::Sqlite, &steps) {
-        push_statement(&mut sql, &save_steps_sql(Backend::Sqlite, run.len()));
-    }
-    for run in runs(Backend::Sqlite, &attempts) {
-        push_statement(&mut sql, &record_attempts_sql(Backend::Sqlite, run.len()));
-    }
-    for run in runs(Backend::Sqlite, &events) {
-        push_statement(&mut sql, &append_events_sql(Backend::Sqlite, run.len()));
-    }
+    rows.push_statements(&mut sql);
     // As in `save_saga_run`, the writes that keep the indexed columns first; the second update
     // finds only the others, since a saga the first one wrote is past its version now.
     for run in runs(Backend::Sqlite, &saves) {
@@ -723,18 +729,7 @@ async fn save_whole_batch_in_one_hand_off(
             );
         }
     }
-    let mut q = sqlx::query(&sql);
-    for (saga_id, step) in &steps {
-        q = bind_step(q, saga_id, step);
-    }
-    for (saga_id, a) in &attempts {
-        q = bind_attempt(q, saga_id, a);
-    }
-    for run in runs(Backend::Sqlite, &events) {
-        for ((saga_id, e), n) in run.iter().zip(event_ordinals(run)) {
-            q = bind_event(q, saga_id, n, at, e);
-        }
-    }
+    let mut q = rows.bind(sqlx::query(&sql), at);
     for run in runs(Backend::Sqlite, &saves) {
         for _ in 0..2 {
             for w in run {
@@ -743,7 +738,7 @@ async fn save_whole_batch_in_one_hand_off(
         }
     }
     let written = match q.fetch_all(&mut **conn).await {
-        Ok(rows) => rows
+        Ok(returned) => returned
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<HashMap<String, bool>, sqlx::Error>>()?,

@@ -527,14 +527,7 @@ async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote
         .zip([70, 2, 1])
         .map(|(s, events)| {
             let mut w = write_ahead(s, "first");
-            w.events = (1..=events)
-                .map(|n| NewEvent {
-                    kind: "step_started",
-                    step: "first".to_owned(),
-                    message: format!("event {n}"),
-                    status: "running".to_owned(),
-                })
-                .collect();
+            w.events = numbered_events(events);
             w
         })
         .collect();
@@ -601,6 +594,18 @@ async fn a_batch_stores_steps_attempts_and_numbered_events_of_the_sagas_it_wrote
     db.close().await;
 }
 
+/// `n` events of the first step, their messages numbered from 1.
+fn numbered_events(n: usize) -> Vec<NewEvent> {
+    (1..=n)
+        .map(|n| NewEvent {
+            kind: "step_started",
+            step: "first".to_owned(),
+            message: format!("event {n}"),
+            status: "running".to_owned(),
+        })
+        .collect()
+}
+
 /// A journal batch's share of `w`, writing `saga` (the write's own, or a stale copy).
 fn batch_write<'a>(w: &'a SagaWrite, saga: &'a SagaRow) -> store::BatchWrite<'a> {
     store::BatchWrite {
@@ -626,14 +631,7 @@ async fn a_batch_none_of_whose_sagas_is_fenced_off_is_one_hand_off_with_the_saga
     // One saga's write changes its status: the update that sets the indexed columns finds it.
     writes[1].saga.status = "compensating".to_owned();
     for w in &mut writes {
-        w.events = (1..=70)
-            .map(|n| NewEvent {
-                kind: "step_started",
-                step: "first".to_owned(),
-                message: format!("event {n}"),
-                status: "running".to_owned(),
-            })
-            .collect();
+        w.events = numbered_events(70);
     }
     let batch: Vec<store::BatchWrite<'_>> =
         writes.iter().map(|w| batch_write(w, &w.saga)).collect();

@@ -370,13 +370,23 @@ async fn a_lost_answer_is_recovered_on_retry_without_a_second_charge() {
     assert_eq!(h.send_authorize(&request).await.unwrap(), retried);
 }
 
-#[tokio::test]
-async fn a_crash_between_the_processor_call_and_its_record_resumes_with_the_same_key() {
+/// A service whose processor calls take effect and never answer, with short claim locks, and
+/// the same service "restarted" over its database with a processor that answers.
+async fn crashing_and_restarted() -> (Harness, PaymentServiceApi) {
     let config = IdempotencyConfig {
         lock_ttl: Duration::from_millis(200),
         ..IdempotencyConfig::default()
     };
     let crashing = harness_with(config.clone(), true).await;
+    let idempotency = Idempotency::new(crashing.db.clone(), config);
+    let restarted =
+        PaymentServiceApi::new(crashing.db.clone(), idempotency, crashing.processor.clone());
+    (crashing, restarted)
+}
+
+#[tokio::test]
+async fn a_crash_between_the_processor_call_and_its_record_resumes_with_the_same_key() {
+    let (crashing, restarted) = crashing_and_restarted().await;
     let checkout = rid();
     let request = authorize_request(&checkout, 4200, tokens::VISA);
     // The call reaches the processor, then the service dies before recording the answer.
@@ -390,9 +400,6 @@ async fn a_crash_between_the_processor_call_and_its_record_resumes_with_the_same
     assert_eq!(crashing.get(&checkout).await.state(), PaymentState::Pending);
 
     // A restarted service over the same database takes the stale claim over.
-    let idempotency = Idempotency::new(crashing.db.clone(), config);
-    let restarted =
-        PaymentServiceApi::new(crashing.db.clone(), idempotency, crashing.processor.clone());
     tokio::time::sleep(Duration::from_millis(250)).await;
     let payment = restarted
         .authorize_payment(Request::new(request))
@@ -411,14 +418,7 @@ async fn a_crash_between_the_processor_call_and_its_record_resumes_with_the_same
 
 #[tokio::test]
 async fn a_capture_by_checkout_that_crashed_after_the_processor_call_resumes_with_the_same_key() {
-    let config = IdempotencyConfig {
-        lock_ttl: Duration::from_millis(200),
-        ..IdempotencyConfig::default()
-    };
-    let crashing = harness_with(config.clone(), true).await;
-    let idempotency = Idempotency::new(crashing.db.clone(), config);
-    let restarted =
-        PaymentServiceApi::new(crashing.db.clone(), idempotency, crashing.processor.clone());
+    let (crashing, restarted) = crashing_and_restarted().await;
     let checkout = rid();
     restarted
         .authorize_payment(Request::new(authorize_request(
