@@ -36,7 +36,7 @@ impl From<Option<&str>> for Value {
 
 /// A statement with its values, held by [`Tx::write_last`].
 #[derive(Debug)]
-pub struct LastWrite {
+pub(crate) struct LastWrite {
     sql: String,
     values: Vec<Value>,
 }
@@ -46,23 +46,18 @@ type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>
 
 impl LastWrite {
     /// The statement, to go first in a string of statements.
-    pub fn sql(&self) -> &str {
+    pub(crate) fn sql(&self) -> &str {
         &self.sql
     }
 
     /// How many values it binds: a statement after it in the same string numbers its own
     /// parameters from this plus one ([`shift_parameters`]).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.values.len()
     }
 
-    /// True when it binds no values.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
     /// Binds its values, in order.
-    pub fn bind<'q, DB: Database>(&self, mut q: Query<'q, DB>) -> Query<'q, DB>
+    pub(crate) fn bind<'q, DB: Database>(&self, mut q: Query<'q, DB>) -> Query<'q, DB>
     where
         i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -105,7 +100,7 @@ impl Tx {
     }
 
     /// The write [`Tx::write_last`] holds, for the key's statement to carry.
-    pub fn take_last_write(&mut self) -> Option<LastWrite> {
+    pub(crate) fn take_last_write(&mut self) -> Option<LastWrite> {
         match self {
             Tx::Sqlite(SqliteTx::Write(tx)) => tx.take_last(),
             _ => None,

@@ -19,7 +19,8 @@ mod last_write;
 mod lease;
 mod sqlite_writer;
 
-pub use last_write::{LastWrite, Value, shift_parameters};
+pub(crate) use last_write::LastWrite;
+pub use last_write::{Value, shift_parameters};
 pub use lease::{Lease, Leases};
 pub use sqlite_writer::{WriteGate, WriteTx};
 
