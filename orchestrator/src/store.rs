@@ -165,7 +165,7 @@ pub async fn insert_saga(tx: &mut Tx, new: &NewSaga<'_>) -> Result<(), DbError> 
     };
     let sql = new_saga_sqlite_sql(new);
     bind_new_saga_sqlite(sqlx::query(&sql), new)
-        .execute(&mut **conn)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
@@ -636,9 +636,7 @@ pub async fn save_batch(
     }
     // Postgres returned above, with its one statement.
     if let Tx::Sqlite(conn) = tx {
-        rows.bind(sqlx::query(&sql), at)
-            .execute(&mut **conn)
-            .await?;
+        rows.bind(sqlx::query(&sql), at).execute(&mut *conn).await?;
     }
     Ok(written)
 }
@@ -737,7 +735,7 @@ async fn save_whole_batch_in_one_hand_off(
             }
         }
     }
-    let written = match q.fetch_all(&mut **conn).await {
+    let written = match q.fetch_all(&mut *conn).await {
         Ok(returned) => returned
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
@@ -751,7 +749,7 @@ async fn save_whole_batch_in_one_hand_off(
         return Ok(Some(written));
     }
     sqlx::query("ROLLBACK TO journal; RELEASE journal")
-        .execute(&mut **conn)
+        .execute(&mut *conn)
         .await?;
     Ok(None)
 }
@@ -1413,7 +1411,7 @@ async fn explain(tx: &mut Tx, sql: &str, args: &[Arg<'_>]) -> Result<Vec<String>
                     Arg::Text(v) => q.bind(v),
                 };
             }
-            q.fetch_all(&mut **tx)
+            q.fetch_all(&mut *tx)
                 .await?
                 .into_iter()
                 .map(|(_, _, _, detail)| detail)

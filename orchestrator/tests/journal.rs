@@ -152,7 +152,7 @@ async fn refuse_poison(tx: &mut Tx) {
                 "CREATE TRIGGER refuse_poison BEFORE INSERT ON saga_events \
                  WHEN NEW.message = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
             )
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .unwrap();
         }

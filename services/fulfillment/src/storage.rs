@@ -232,7 +232,7 @@ pub async fn insert_shipments(
     }
     let sql = shipments_sqlite_sql(shipments.len(), lines.len());
     bind_shipments_sqlite(sqlx::query(&sql), shipments, &lines)
-        .execute(&mut **conn)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }

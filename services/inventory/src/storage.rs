@@ -417,7 +417,7 @@ pub async fn insert_lines_and_allocations(
                     .bind(&a.warehouse_id)
                     .bind(a.quantity);
             }
-            q.execute(&mut **conn).await?;
+            q.execute(&mut *conn).await?;
         }
     }
     Ok(())

@@ -134,13 +134,13 @@ pub async fn snapshot(db: &Db) -> Result<String, DbError> {
                 "SELECT name FROM sqlite_master WHERE type = 'table' \
                  AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY name",
             )
-            .fetch_all(&mut **inner)
+            .fetch_all(&mut *inner)
             .await?;
             for table in tables {
                 let columns: Vec<String> =
                     sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
                         .bind(&table)
-                        .fetch_all(&mut **inner)
+                        .fetch_all(&mut *inner)
                         .await?;
                 let row = columns
                     .iter()
@@ -149,7 +149,7 @@ pub async fn snapshot(db: &Db) -> Result<String, DbError> {
                     .join(" || '|' || ");
                 let rows: Vec<String> =
                     sqlx::query_scalar(&format!("SELECT {row} FROM \"{table}\" ORDER BY 1"))
-                        .fetch_all(&mut **inner)
+                        .fetch_all(&mut *inner)
                         .await?;
                 push_table(&mut out, &table, rows);
             }

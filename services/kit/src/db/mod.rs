@@ -13,15 +13,17 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
-use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection};
+use sqlx::{PgConnection, Postgres, Sqlite};
 
 mod last_write;
 mod lease;
+mod sqlite_opening;
 mod sqlite_writer;
 
 pub(crate) use last_write::LastWrite;
 pub use last_write::{Value, shift_parameters};
 pub use lease::{Lease, Leases};
+pub use sqlite_opening::Opening;
 pub use sqlite_writer::{WriteGate, WriteTx};
 
 /// Which database engine a URL names.
@@ -328,11 +330,10 @@ impl Db {
     /// Starts a read-only transaction (a consistent snapshot; on SQLite a deferred `BEGIN`).
     pub async fn begin_read(&self) -> Result<Tx, DbError> {
         Ok(match self {
-            Self::Sqlite(pool, _, leases) => {
-                let mut lease = leases.take(pool).await?;
-                lease.run("BEGIN").await?;
-                Tx::Sqlite(SqliteTx::Read(lease))
-            }
+            Self::Sqlite(pool, _, leases) => Tx::Sqlite(SqliteTx::Read(
+                leases.take(pool).await?,
+                Opening::Pending("BEGIN"),
+            )),
             Self::Postgres(pool, leases) => {
                 let mut lease = leases.take(pool).await?;
                 lease
@@ -465,35 +466,16 @@ impl std::ops::DerefMut for PgTx {
 }
 
 /// An SQLite transaction: a read on a pooled connection, or a write on the writer connection
-/// (holding the turn at the gate). Either way it derefs to the connection to run statements on.
+/// (holding the turn at the gate). It runs statements as a connection does (`&mut *tx` is an
+/// executor), opening the transaction with the first one.
 #[derive(Debug)]
 pub enum SqliteTx {
     /// Deferred `BEGIN` on a pooled connection.
-    Read(Lease<Sqlite>),
+    Read(Lease<Sqlite>, Opening),
     /// `BEGIN IMMEDIATE` on the writer connection.
     Write(WriteTx),
     /// No transaction: one read statement on a pooled connection ([`Db::single_read`]).
     Single(Lease<Sqlite>),
-}
-
-impl std::ops::Deref for SqliteTx {
-    type Target = SqliteConnection;
-
-    fn deref(&self) -> &SqliteConnection {
-        match self {
-            Self::Read(lease) | Self::Single(lease) => lease.conn_ref(),
-            Self::Write(tx) => tx.conn_ref(),
-        }
-    }
-}
-
-impl std::ops::DerefMut for SqliteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match self {
-            Self::Read(lease) | Self::Single(lease) => lease.conn(),
-            Self::Write(tx) => tx.conn(),
-        }
-    }
 }
 
 impl Tx {
@@ -503,10 +485,15 @@ impl Tx {
         self.run_last_write().await?;
         match self {
             // Read transactions commit nothing durable.
-            Self::Sqlite(SqliteTx::Read(mut lease)) => {
-                lease.run("COMMIT").await?;
-                lease.in_step();
-            }
+            Self::Sqlite(SqliteTx::Read(mut lease, opening)) => match opening {
+                // Nothing was begun and nothing was read.
+                Opening::Pending(_) => lease.in_step(),
+                Opening::InDoubt => return Err(sqlite_opening::not_open().into()),
+                Opening::Ran => {
+                    lease.run("COMMIT").await?;
+                    lease.in_step();
+                }
+            },
             // Counted by the write gate, where one COMMIT may be shared by several writers.
             Self::Sqlite(SqliteTx::Write(tx)) => tx.commit().await?,
             Self::Postgres(PgTx::Transaction(mut lease)) => {
@@ -530,10 +517,15 @@ impl Tx {
     /// committed once it was answered; this only hands the connection back).
     pub async fn rollback(self) -> Result<(), DbError> {
         match self {
-            Self::Sqlite(SqliteTx::Read(mut lease)) => {
-                lease.run("ROLLBACK").await?;
-                lease.in_step();
-            }
+            Self::Sqlite(SqliteTx::Read(mut lease, opening)) => match opening {
+                Opening::Pending(_) => lease.in_step(),
+                // Dropping the lease unfinished closes the connection, which rolls back.
+                Opening::InDoubt => {}
+                Opening::Ran => {
+                    lease.run("ROLLBACK").await?;
+                    lease.in_step();
+                }
+            },
             Self::Sqlite(SqliteTx::Write(tx)) => tx.rollback().await?,
             Self::Postgres(PgTx::Transaction(mut lease)) => {
                 lease.run("ROLLBACK").await?;
@@ -559,7 +551,8 @@ impl Tx {
 }
 
 /// Runs the same body on whichever backend a [`Tx`] holds, with `$conn` bound to the
-/// backend's `&mut Connection`. Use `&mut *$conn` as the executor of each statement.
+/// backend's `&mut PgConnection` or `&mut SqliteTx`. Use `&mut *$conn` as the executor of each
+/// statement.
 ///
 /// ```ignore
 /// let n: i64 = on_backend!(tx, conn => {
@@ -571,7 +564,7 @@ macro_rules! on_backend {
     ($tx:expr, $conn:ident => $body:expr) => {
         match $tx {
             $crate::db::Tx::Sqlite(tx) => {
-                let $conn: &mut ::sqlx::SqliteConnection = &mut **tx;
+                let $conn: &mut $crate::db::SqliteTx = tx;
                 $body
             }
             $crate::db::Tx::Postgres(tx) => {

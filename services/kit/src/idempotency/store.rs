@@ -222,7 +222,7 @@ pub(super) async fn record(
             unreachable!("only an SQLite write holds a write back")
         };
         let query = bind_done(last.bind(sqlx::query(&sql)), key, answer, now, config);
-        return Ok(query.fetch_all(&mut **conn).await?.len() == 1);
+        return Ok(query.fetch_all(&mut *conn).await?.len() == 1);
     }
     let written = on_backend!(tx, conn => {
         bind_done(sqlx::query(RECORD.as_str()), key, answer, now, config)
@@ -280,7 +280,7 @@ pub(super) fn in_one_hand_off_sql(statements: &str) -> String {
 /// values of the effect's statements after the key's. True if all of it ran; false if a unique
 /// key refused a statement (the caller rolls back what ran before it).
 pub(super) async fn run_in_one_hand_off<'q>(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut crate::db::SqliteTx,
     sql: &'q str,
     key: &'q Key,
     answer: &StoredAnswer,
@@ -475,7 +475,7 @@ pub(super) async fn complete(
             unreachable!("only an SQLite write holds a write back")
         };
         let query = bind_complete(last.bind(sqlx::query(&sql)), key, token, answer);
-        return Ok(query.fetch_all(&mut **conn).await?.len() == 1);
+        return Ok(query.fetch_all(&mut *conn).await?.len() == 1);
     }
     let updated = on_backend!(tx, conn => {
         bind_complete(sqlx::query(COMPLETE), key, token, answer)
