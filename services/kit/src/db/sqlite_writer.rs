@@ -442,11 +442,15 @@ mod tests {
         let url = format!("sqlite://{}/x.db", dir.path().display());
         let db = Db::connect(&url, &PoolConfig::default()).await.unwrap();
         let mut tx = db.begin().await.unwrap();
-        on_backend!(&mut tx, conn => {
-            sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY)").execute(&mut *conn).await.unwrap();
-        });
+        exec(&mut tx, "CREATE TABLE t (x INTEGER PRIMARY KEY)").await;
         tx.commit().await.unwrap();
         db
+    }
+
+    async fn exec(tx: &mut Tx, sql: &str) {
+        on_backend!(tx, conn => {
+            sqlx::query(sql).execute(&mut *conn).await.unwrap();
+        });
     }
 
     async fn insert(tx: &mut Tx, x: i64) {
@@ -528,10 +532,8 @@ mod tests {
         let db = sqlite_db(&dir).await;
         // A table of this test's own: other tests of the binary log their statements too.
         let mut tx = db.begin().await.unwrap();
-        on_backend!(&mut tx, conn => {
-            sqlx::query("CREATE TABLE opened (x INTEGER)").execute(&mut *conn).await.unwrap();
-            sqlx::query("INSERT INTO opened (x) VALUES (7)").execute(&mut *conn).await.unwrap();
-        });
+        exec(&mut tx, "CREATE TABLE opened (x INTEGER)").await;
+        exec(&mut tx, "INSERT INTO opened (x) VALUES (7)").await;
         tx.commit().await.unwrap();
         let mut read = db.begin_read().await.unwrap();
         let x: i64 = on_backend!(&mut read, conn => {
@@ -566,11 +568,6 @@ mod tests {
         log();
         let dir = tempfile::tempdir().unwrap();
         let db = sqlite_db(&dir).await;
-        let exec = async |tx: &mut Tx, sql: &'static str| {
-            on_backend!(tx, conn => {
-                sqlx::query(sql).execute(&mut *conn).await.unwrap();
-            });
-        };
         let mut tx = db.begin().await.unwrap();
         exec(&mut tx, "CREATE TABLE ready (x INTEGER)").await;
         tx.commit().await.unwrap();
