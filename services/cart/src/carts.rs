@@ -221,32 +221,28 @@ pub async fn lock(
     customer_id: &str,
 ) -> Result<CartSnapshot, CartError> {
     let now = now_millis();
-    // The checkout's record first: an UnlockCart of the same checkout queues on it.
-    if let Some(record) = storage::claim_checkout(tx, checkout_id, cart_id, now).await? {
-        if record.state == "released" {
-            return Err(CartError::CheckoutReleased(checkout_id.to_owned()));
-        }
-        if record.cart_id.as_deref() != Some(cart_id) {
-            return Err(CartError::CheckoutOfAnotherCart(checkout_id.to_owned()));
-        }
+    // The checkout's record first: an UnlockCart of the same checkout queues on it. What the
+    // checks below refuse is rolled back with the refusal.
+    let (record, cart, mut lines) = storage::claim_and_bump(tx, checkout_id, cart_id, now).await?;
+    if record.state == "released" {
+        return Err(CartError::CheckoutReleased(checkout_id.to_owned()));
     }
-    let cart = storage::bump_cart(tx, cart_id, now)
-        .await?
-        .ok_or_else(|| CartError::CartNotFound(cart_id.to_owned()))?;
+    if record.cart_id.as_deref() != Some(cart_id) {
+        return Err(CartError::CheckoutOfAnotherCart(checkout_id.to_owned()));
+    }
+    let cart = cart.ok_or_else(|| CartError::CartNotFound(cart_id.to_owned()))?;
     if cart.customer_id != customer_id {
         return Err(CartError::CustomerMismatch);
     }
     match cart.state.as_str() {
         ACTIVE => {}
         CHECKING_OUT if cart.checkout_id.as_deref() == Some(checkout_id) => {
-            let lines = storage::lines(tx, cart_id).await?;
             return Ok(snapshot(&cart, checkout_id, &lines));
         }
         CHECKING_OUT => return Err(CartError::LockedByAnother),
         other => return Err(CartError::NotActive(other.to_owned())),
     }
 
-    let mut lines = storage::lines(tx, cart_id).await?;
     if lines.is_empty() {
         return Err(CartError::Empty);
     }
@@ -333,19 +329,18 @@ pub async fn complete(
     checkout_id: &str,
 ) -> Result<Cart, CartError> {
     let now = now_millis();
-    // The checkout's record first, as UnlockCart does: the two queue on it.
+    // The checkout's record first, as UnlockCart does: the two queue on it. One statement
+    // finds, locks and orders the cart; a refusal below rolls both back.
     let not_locked = || CartError::NotLocked(checkout_id.to_owned());
-    if !storage::complete_checkout(tx, checkout_id, now).await? {
+    let (completed, cart, lines) = storage::complete_and_order(tx, checkout_id, now).await?;
+    if !completed {
         return Err(not_locked());
     }
-    // One statement finds, locks and orders the cart; a refusal below rolls it back.
-    let cart = storage::order_cart_of_checkout(tx, checkout_id, now)
-        .await?
-        .ok_or_else(not_locked)?;
+    let cart = cart.ok_or_else(not_locked)?;
     if cart_id.is_some_and(|given| given != cart.cart_id) {
         return Err(
             Rejection::invalid_field("cart_id", "not the cart this checkout locked").into(),
         );
     }
-    load(tx, &cart).await
+    Ok(to_proto(&cart, &lines))
 }

@@ -1,7 +1,7 @@
 //! Every SQL statement of the cart service. Each function runs inside the caller's transaction;
 //! the statements are portable and run on SQLite and Postgres alike.
 
-use checkout_kit::db::{DbError, Tx};
+use checkout_kit::db::{DbError, Statements, Tx};
 use checkout_kit::on_backend;
 
 use crate::catalog::CatalogEntry;
@@ -182,33 +182,21 @@ pub async fn cart_by_checkout(tx: &mut Tx, checkout_id: &str) -> Result<Option<C
     }))
 }
 
+/// [`bump_cart`]'s statement: `$1` the cart, `$2` the time.
+fn bump_sql() -> String {
+    format!(
+        "UPDATE carts SET version = version + 1, updated_at = $2 WHERE cart_id = $1 \
+         RETURNING {CART_COLUMNS}"
+    )
+}
+
 /// Bumps a cart's version as the first write of a change, which takes the cart's row lock on
 /// Postgres (SQLite's `BEGIN IMMEDIATE` already serialises writers): a concurrent change of the
 /// same cart waits here and then sees this one, so a lock and an edit can never both win.
 pub async fn bump_cart(tx: &mut Tx, cart_id: &str, now: i64) -> Result<Option<CartRow>, DbError> {
-    let sql = format!(
-        "UPDATE carts SET version = version + 1, updated_at = $2 WHERE cart_id = $1 \
-         RETURNING {CART_COLUMNS}"
-    );
+    let sql = bump_sql();
     Ok(on_backend!(tx, conn => {
         sqlx::query_as(&sql).bind(cart_id).bind(now).fetch_optional(&mut *conn).await?
-    }))
-}
-
-/// Turns the cart a checkout holds into an order, bumping its version (the row lock on
-/// Postgres, as [`bump_cart`] takes it); the cart as it now stands, or `None` when the checkout
-/// holds no cart.
-pub async fn order_cart_of_checkout(
-    tx: &mut Tx,
-    checkout_id: &str,
-    now: i64,
-) -> Result<Option<CartRow>, DbError> {
-    let sql = format!(
-        "UPDATE carts SET version = version + 1, updated_at = $2, state = 'ordered' \
-         WHERE checkout_id = $1 RETURNING {CART_COLUMNS}"
-    );
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(&sql).bind(checkout_id).bind(now).fetch_optional(&mut *conn).await?
     }))
 }
 
@@ -250,17 +238,20 @@ pub async fn set_state(
 
 /// A cart's lines in the order they were added, with their products' current state.
 pub async fn lines(tx: &mut Tx, cart_id: &str) -> Result<Vec<LineRow>, DbError> {
+    let sql = lines_sql("$1");
     Ok(on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT l.sku, p.name, l.quantity, l.unit_price_minor, p.active, \
-                    p.unit_price_minor AS catalog_price_minor \
-             FROM cart_lines l JOIN products p ON p.sku = l.sku \
-             WHERE l.cart_id = $1 ORDER BY l.position",
-        )
-        .bind(cart_id)
-        .fetch_all(&mut *conn)
-        .await?
+        sqlx::query_as(&sql).bind(cart_id).fetch_all(&mut *conn).await?
     }))
+}
+
+/// The statement reading the lines of the cart `cart` names (a parameter or a subquery).
+fn lines_sql(cart: &str) -> String {
+    format!(
+        "SELECT l.sku, p.name, l.quantity, l.unit_price_minor, p.active, \
+                p.unit_price_minor AS catalog_price_minor \
+         FROM cart_lines l JOIN products p ON p.sku = l.sku \
+         WHERE l.cart_id = {cart} ORDER BY l.position"
+    )
 }
 
 /// Sets a line's quantity and price, adding it at the end when new.
@@ -311,30 +302,36 @@ pub struct CheckoutRow {
     pub state: String,
 }
 
-/// Claims a checkout for a lock of `cart_id`; `None` when new, else the existing record
-/// (which the caller must honour: a released checkout never locks).
-pub async fn claim_checkout(
+/// A lock's first writes and the reads it decides on, sent together ([`Tx::run_together`]: one
+/// hand-off on SQLite): the checkout's record claimed for `cart_id`, or as an earlier claim left
+/// it (which the caller must honour: a released checkout never locks); the cart with its
+/// version bumped ([`bump_cart`]), `None` when there is no such cart; and its lines.
+pub async fn claim_and_bump(
     tx: &mut Tx,
     checkout_id: &str,
     cart_id: &str,
     now: i64,
-) -> Result<Option<CheckoutRow>, DbError> {
-    let inserted = on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO cart_checkouts (checkout_id, cart_id, state, updated_at) \
-             VALUES ($1, $2, 'locked', $3) ON CONFLICT (checkout_id) DO NOTHING",
+) -> Result<(CheckoutRow, Option<CartRow>, Vec<LineRow>), DbError> {
+    let answers = tx
+        .run_together(
+            Statements::new()
+                // A conflict "updates" the record to itself, so the one statement returns it in
+                // both cases (a read after it would cost Postgres a round trip).
+                .then(
+                    "INSERT INTO cart_checkouts (checkout_id, cart_id, state, updated_at) \
+                     VALUES ($1, $2, 'locked', $3) \
+                     ON CONFLICT (checkout_id) DO UPDATE SET state = cart_checkouts.state \
+                     RETURNING cart_id, state",
+                    vec![checkout_id.into(), cart_id.into(), now.into()],
+                )
+                .then(bump_sql(), vec![cart_id.into(), now.into()])
+                .then(lines_sql("$1"), vec![cart_id.into()]),
         )
-        .bind(checkout_id)
-        .bind(cart_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    });
-    if inserted == 1 {
-        return Ok(None);
-    }
-    checkout(tx, checkout_id).await
+        .await?;
+    let record = answers[0]
+        .first()?
+        .ok_or(DbError::Query(sqlx::Error::RowNotFound))?;
+    Ok((record, answers[1].first()?, answers[2].rows()?))
 }
 
 /// Marks a checkout released (recording it if it never locked); a completed checkout stays
@@ -364,20 +361,41 @@ pub async fn release_checkout(
         .ok_or(DbError::Query(sqlx::Error::RowNotFound))
 }
 
-/// Marks a locked checkout completed; false when it is not locked (never, or released).
-pub async fn complete_checkout(tx: &mut Tx, checkout_id: &str, now: i64) -> Result<bool, DbError> {
-    let n = on_backend!(tx, conn => {
-        sqlx::query(
-            "UPDATE cart_checkouts SET state = 'completed', updated_at = $2 \
-             WHERE checkout_id = $1 AND state IN ('locked', 'completed')",
+/// Completing a checkout, sent together ([`Tx::run_together`]: one hand-off on SQLite): its
+/// record marked completed, false when it is not locked (never, or released); the cart it
+/// holds turned into an order with its version bumped (the row lock on Postgres, as
+/// [`bump_cart`] takes it), `None` when it holds none; and that cart's lines.
+pub async fn complete_and_order(
+    tx: &mut Tx,
+    checkout_id: &str,
+    now: i64,
+) -> Result<(bool, Option<CartRow>, Vec<LineRow>), DbError> {
+    let answers = tx
+        .run_together(
+            Statements::new()
+                .then(
+                    "UPDATE cart_checkouts SET state = 'completed', updated_at = $2 \
+                     WHERE checkout_id = $1 AND state IN ('locked', 'completed')",
+                    vec![checkout_id.into(), now.into()],
+                )
+                .then(
+                    format!(
+                        "UPDATE carts SET version = version + 1, updated_at = $2, \
+                         state = 'ordered' WHERE checkout_id = $1 RETURNING {CART_COLUMNS}"
+                    ),
+                    vec![checkout_id.into(), now.into()],
+                )
+                .then(
+                    lines_sql("(SELECT cart_id FROM carts WHERE checkout_id = $1)"),
+                    vec![checkout_id.into()],
+                ),
         )
-        .bind(checkout_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    });
-    Ok(n == 1)
+        .await?;
+    Ok((
+        answers[0].rows_affected() == 1,
+        answers[1].first()?,
+        answers[2].rows()?,
+    ))
 }
 
 /// A checkout's record.

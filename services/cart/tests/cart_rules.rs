@@ -8,7 +8,7 @@ use checkout_cart::catalog::{Catalog, CatalogEntry};
 use checkout_kit::db::{Backend, Db};
 use checkout_kit::idempotency::{Idempotency, IdempotencyConfig};
 use checkout_kit::status::{fields_of, reason_of};
-use checkout_kit::testing::{TestDatabase, statement_log};
+use checkout_kit::testing::{self, TestDatabase, statement_log};
 use checkout_proto::cart::cart_service_server::CartService;
 use checkout_proto::cart::*;
 use tonic::{Code, Request, Status};
@@ -389,6 +389,17 @@ async fn a_lock_snapshots_the_cart_and_stops_edits_until_unlocked() {
                 && s.contains("INSERT INTO idempotency_keys ")),
             "the state and the key in one hand-off: {logged:?}"
         );
+        // The claim, the bump and the lines it decides on went together.
+        testing::assert_one_hand_off(
+            &logged,
+            &[
+                "DO UPDATE SET state = cart_checkouts.state",
+                "UPDATE carts SET version = version + 1",
+                "FROM cart_lines",
+            ],
+            "FROM cart_lines",
+            1,
+        );
     }
     assert_eq!(snapshot.cart_id, cart.cart_id);
     assert_eq!(snapshot.checkout_id, checkout);
@@ -498,6 +509,7 @@ fn entries_json(entries: &[CatalogEntry]) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn complete_orders_the_cart_for_good() {
+    statement_log();
     let h = harness().await;
     let cart = h.create("alice", "EUR").await;
     h.add(&cart, "MUG-CERAMIC-EU", 2).await.unwrap();
@@ -508,8 +520,24 @@ async fn complete_orders_the_cart_for_good() {
         "CART_NOT_LOCKED",
     );
     h.lock(&cart, &checkout).await.unwrap();
+    let before = statement_log().len();
     let ordered = h.complete(&checkout).await.unwrap();
+    if h.db.backend() == Backend::Sqlite {
+        // The record, the order and the lines went together.
+        testing::assert_one_hand_off(
+            &statement_log()[before..],
+            &[
+                "UPDATE cart_checkouts SET state = 'completed'",
+                "state = 'ordered'",
+                "FROM cart_lines",
+            ],
+            "FROM cart_lines",
+            1,
+        );
+    }
     assert_eq!(ordered.state(), CartState::Ordered);
+    assert_eq!(ordered.lines.len(), 1);
+    assert_eq!(ordered.lines[0].quantity, 2);
     assert_eq!(ordered.checkout_id, checkout);
     // Completing again (a retry with a new request id) is harmless.
     assert_eq!(

@@ -8,7 +8,7 @@ use checkout_proto::common::Allocation;
 use checkout_proto::inventory::{Reservation, ReservationLine, ReservationState};
 
 use crate::error::InventoryError;
-use crate::storage::{self, AllocationRow, By, LineRow, ReservationRow, StockRow};
+use crate::storage::{self, AllocationRow, By, Left, LineRow, ReservationRow, StockRow};
 
 const ACTIVE: &str = "active";
 const COMMITTED: &str = "committed";
@@ -142,8 +142,11 @@ pub async fn reserve(
         created_at: now,
         updated_at: now,
     };
-    // The checkout's row first: a ReleaseReservation by checkout queues on it.
-    if !storage::insert_reservation(tx, &row).await? {
+    // The checkout's row first: a ReleaseReservation by checkout queues on it. The stock is
+    // read with it, whether or not the row is new.
+    let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+    let (inserted, levels) = storage::insert_reservation_reading_stock(tx, &row, &skus).await?;
+    if !inserted {
         let existing = storage::reservation_by_checkout(tx, checkout_id)
             .await?
             .ok_or(InventoryError::Conflict)?;
@@ -156,13 +159,11 @@ pub async fn reserve(
         return load(tx, &existing).await;
     }
 
-    let mut stock = HashMap::new();
-    for line in lines {
-        stock.insert(
-            line.sku.clone(),
-            storage::stock_levels(tx, &line.sku).await?,
-        );
-    }
+    let mut stock: HashMap<String, Vec<StockRow>> = lines
+        .iter()
+        .map(|line| line.sku.clone())
+        .zip(levels)
+        .collect();
     // Every short sku is named before anything is taken.
     let planned = allocate(lines, &stock).map_err(InventoryError::OutOfStock)?;
     // Written before any stock row is taken: on Postgres a row taken stays locked to every
@@ -274,20 +275,20 @@ pub async fn get(tx: &mut Tx, target: &Target) -> Result<Reservation, InventoryE
     load(tx, &row).await
 }
 
-/// Moves the named reservation out of the active state in one statement; `None` when it is
-/// not active (or does not exist).
+/// Moves the named reservation out of the active state in one statement, reading its
+/// allocations and lines with it; `None` when it is not active (or does not exist).
 async fn leave_active(
     tx: &mut Tx,
     target: &Target,
     to: &str,
     reason: &str,
     now: i64,
-) -> Result<Option<ReservationRow>, InventoryError> {
+) -> Result<Option<Left>, InventoryError> {
     let (by, key) = match target {
         Target::Reservation(id) => (By::Id, id),
         Target::Checkout(id) => (By::Checkout, id),
     };
-    Ok(storage::leave_active(tx, by, key, to, reason, now).await?)
+    Ok(storage::leave_active(tx, by, key, to, reason, now, true).await?)
 }
 
 /// The reserved stock leaves on_hand. Committing again is harmless; committing a reservation
@@ -295,7 +296,7 @@ async fn leave_active(
 pub async fn commit(tx: &mut Tx, target: &Target) -> Result<Reservation, InventoryError> {
     let now = now_millis();
     if let Some(committed) = leave_active(tx, target, COMMITTED, "", now).await? {
-        return move_stock(tx, &committed, StockMove::ShipOut, now).await;
+        return move_stock(tx, committed, StockMove::ShipOut, now).await;
     }
     // Not active: committed before (a repeat), released, or never made; what it is decides.
     let row = find(tx, target)
@@ -330,7 +331,7 @@ pub async fn release(
         }
     }
     if let Some(released) = leave_active(tx, target, RELEASED, reason, now).await? {
-        return move_stock(tx, &released, StockMove::Return, now).await;
+        return move_stock(tx, released, StockMove::Return, now).await;
     }
     let row = find(tx, target)
         .await?
@@ -345,11 +346,19 @@ pub async fn release(
 /// state meanwhile (committed, released, or expired by another replica's reaper).
 pub async fn expire(tx: &mut Tx, reservation_id: &str) -> Result<bool, InventoryError> {
     let now = now_millis();
-    match storage::leave_active(tx, By::Id, reservation_id, EXPIRED, "ttl elapsed", now).await? {
+    // Nobody waits for an answer: no lines to read.
+    let left = storage::leave_active(
+        tx,
+        By::Id,
+        reservation_id,
+        EXPIRED,
+        "ttl elapsed",
+        now,
+        false,
+    );
+    match left.await? {
         Some(expired) => {
-            // Nobody waits for an answer: no lines to read.
-            let allocations = storage::allocations(tx, &expired.reservation_id).await?;
-            move_units(tx, &allocations, StockMove::Return, now).await?;
+            move_units(tx, &expired.allocations, StockMove::Return, now).await?;
             Ok(true)
         }
         None => Ok(false),
@@ -366,19 +375,17 @@ enum StockMove {
 }
 
 /// Moves the units of a reservation that has just left the active state, and answers it as
-/// it left it with the allocations moved. Everything is read before the first stock row is
-/// written: on Postgres a written row stays locked to every other reservation of its sku
-/// until the transaction commits.
+/// it left it with the allocations moved. Everything was read (with the state change) before
+/// the first stock row is written: on Postgres a written row stays locked to every other
+/// reservation of its sku until the transaction commits.
 async fn move_stock(
     tx: &mut Tx,
-    left: &ReservationRow,
+    left: Left,
     to: StockMove,
     now: i64,
 ) -> Result<Reservation, InventoryError> {
-    let allocations = storage::allocations(tx, &left.reservation_id).await?;
-    let lines = storage::lines(tx, &left.reservation_id).await?;
-    move_units(tx, &allocations, to, now).await?;
-    Ok(reservation(left, lines, allocations))
+    move_units(tx, &left.allocations, to, now).await?;
+    Ok(reservation(&left.row, left.lines, left.allocations))
 }
 
 /// Writes each allocation's units to its stock row: the request's last writes, so nothing but

@@ -1,7 +1,7 @@
 //! Every SQL statement of the inventory service, portable across SQLite and Postgres. Each runs
 //! in the caller's transaction.
 
-use checkout_kit::db::{Backend, DbError, Tx, values_list};
+use checkout_kit::db::{Backend, DbError, Statements, Tx, Value, values_list};
 use checkout_kit::on_backend;
 
 /// A warehouse.
@@ -143,12 +143,17 @@ pub async fn warehouse_exists(tx: &mut Tx, warehouse_id: &str) -> Result<bool, D
     Ok(n > 0)
 }
 
-/// A sku's stock in every warehouse, in allocation order.
-pub async fn stock_levels(tx: &mut Tx, sku: &str) -> Result<Vec<StockRow>, DbError> {
-    let sql = format!(
+/// [`stock_levels`]' statement: `$1` the sku.
+fn stock_levels_sql() -> String {
+    format!(
         "SELECT {STOCK_COLUMNS} FROM stock s JOIN warehouses w ON w.warehouse_id = s.warehouse_id \
          WHERE s.sku = $1 ORDER BY w.priority, s.warehouse_id"
-    );
+    )
+}
+
+/// A sku's stock in every warehouse, in allocation order.
+pub async fn stock_levels(tx: &mut Tx, sku: &str) -> Result<Vec<StockRow>, DbError> {
+    let sql = stock_levels_sql();
     Ok(on_backend!(tx, conn => {
         sqlx::query_as(&sql).bind(sku).fetch_all(&mut *conn).await?
     }))
@@ -323,24 +328,48 @@ pub async fn ship_out(
 
 /// Inserts a reservation row for its checkout unless the checkout has one; false when it has.
 pub async fn insert_reservation(tx: &mut Tx, row: &ReservationRow) -> Result<bool, DbError> {
-    let n = on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO reservations (reservation_id, checkout_id, state, expires_at, \
-               release_reason, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (checkout_id) DO NOTHING",
-        )
-        .bind(&row.reservation_id)
-        .bind(&row.checkout_id)
-        .bind(&row.state)
-        .bind(row.expires_at)
-        .bind(&row.release_reason)
-        .bind(row.created_at)
-        .bind(row.updated_at)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    });
-    Ok(n == 1)
+    let answers = tx
+        .run_together(Statements::new().then(INSERT_RESERVATION, reservation_values(row)))
+        .await?;
+    Ok(answers[0].rows_affected() == 1)
+}
+
+/// [`insert_reservation`] with the stock levels of each of `skus` ([`stock_levels`]) read after
+/// it, sent together ([`Tx::run_together`]: one hand-off on SQLite); false (with the levels
+/// read all the same) when the checkout has a reservation already.
+pub async fn insert_reservation_reading_stock(
+    tx: &mut Tx,
+    row: &ReservationRow,
+    skus: &[&str],
+) -> Result<(bool, Vec<Vec<StockRow>>), DbError> {
+    let statements = skus.iter().fold(
+        Statements::new().then(INSERT_RESERVATION, reservation_values(row)),
+        |statements, sku| statements.then(stock_levels_sql(), vec![(*sku).into()]),
+    );
+    let answers = tx.run_together(statements).await?;
+    let levels = answers[1..]
+        .iter()
+        .map(|answer| answer.rows())
+        .collect::<Result<_, _>>()?;
+    Ok((answers[0].rows_affected() == 1, levels))
+}
+
+/// The statement of [`insert_reservation`].
+const INSERT_RESERVATION: &str = "INSERT INTO reservations (reservation_id, checkout_id, state, \
+     expires_at, release_reason, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (checkout_id) DO NOTHING";
+
+/// A reservation's values for [`INSERT_RESERVATION`].
+fn reservation_values(row: &ReservationRow) -> Vec<Value> {
+    vec![
+        row.reservation_id.as_str().into(),
+        row.checkout_id.as_str().into(),
+        row.state.as_str().into(),
+        row.expires_at.into(),
+        row.release_reason.as_str().into(),
+        row.created_at.into(),
+        row.updated_at.into(),
+    ]
 }
 
 /// Records a reservation's requested lines (numbered from 1 in the order given) and where their
@@ -444,30 +473,40 @@ pub async fn reservation_by_checkout(
 
 /// A reservation's requested lines in request order.
 pub async fn lines(tx: &mut Tx, reservation_id: &str) -> Result<Vec<LineRow>, DbError> {
+    let sql = lines_sql("$1");
     Ok(on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT sku, quantity FROM reservation_lines WHERE reservation_id = $1 \
-             ORDER BY position",
-        )
-        .bind(reservation_id)
-        .fetch_all(&mut *conn)
-        .await?
+        sqlx::query_as(&sql).bind(reservation_id).fetch_all(&mut *conn).await?
     }))
+}
+
+/// The statement reading the lines of the reservation `id` names (a parameter or a subquery).
+fn lines_sql(id: &str) -> String {
+    format!(
+        "SELECT sku, quantity FROM reservation_lines WHERE reservation_id = {id} ORDER BY position"
+    )
 }
 
 /// A reservation's allocations, in [`allocation_order`].
 pub async fn allocations(tx: &mut Tx, reservation_id: &str) -> Result<Vec<AllocationRow>, DbError> {
-    let ranked: Vec<(String, String, i64, i64)> = on_backend!(tx, conn => {
-        sqlx::query_as(
-            "SELECT a.sku, a.warehouse_id, a.quantity, w.priority FROM reservation_allocations a \
-             JOIN warehouses w ON w.warehouse_id = a.warehouse_id \
-             WHERE a.reservation_id = $1",
-        )
-        .bind(reservation_id)
-        .fetch_all(&mut *conn)
-        .await?
+    let sql = allocations_sql("$1");
+    let ranked = on_backend!(tx, conn => {
+        sqlx::query_as(&sql).bind(reservation_id).fetch_all(&mut *conn).await?
     });
-    Ok(allocation_order(
+    Ok(in_allocation_order(ranked))
+}
+
+/// The statement reading the allocations of the reservation `id` names (a parameter or a
+/// subquery), with their warehouses' priorities ([`in_allocation_order`] sorts them).
+fn allocations_sql(id: &str) -> String {
+    format!(
+        "SELECT a.sku, a.warehouse_id, a.quantity, w.priority FROM reservation_allocations a \
+         JOIN warehouses w ON w.warehouse_id = a.warehouse_id WHERE a.reservation_id = {id}"
+    )
+}
+
+/// Allocations as [`allocations_sql`] reads them, in [`allocation_order`].
+fn in_allocation_order(ranked: Vec<(String, String, i64, i64)>) -> Vec<AllocationRow> {
+    allocation_order(
         ranked
             .into_iter()
             .map(|(sku, warehouse_id, quantity, priority)| {
@@ -481,7 +520,7 @@ pub async fn allocations(tx: &mut Tx, reservation_id: &str) -> Result<Vec<Alloca
                 )
             })
             .collect(),
-    ))
+    )
 }
 
 /// The order a reservation lists its allocations in: by sku, then by the warehouse's priority
@@ -503,9 +542,21 @@ pub enum By {
     Checkout,
 }
 
-/// Moves an active reservation to `to` and returns it as it left it; `None` when it is no longer
-/// active, or never was (someone else — a release, a commit, another replica's reaper — got
-/// there first).
+/// A reservation that has just left the active state, with what moving its units needs.
+#[derive(Debug)]
+pub struct Left {
+    /// The reservation as it left.
+    pub row: ReservationRow,
+    /// Its allocations, in [`allocation_order`].
+    pub allocations: Vec<AllocationRow>,
+    /// Its requested lines, when asked for.
+    pub lines: Vec<LineRow>,
+}
+
+/// Moves an active reservation to `to` and returns it as it left it, with its allocations and
+/// (`with_lines`) its lines, all sent together ([`Tx::run_together`]: one hand-off on SQLite);
+/// `None` when it is no longer active, or never was (someone else — a release, a commit,
+/// another replica's reaper — got there first).
 pub async fn leave_active(
     tx: &mut Tx,
     by: By,
@@ -513,23 +564,38 @@ pub async fn leave_active(
     to: &str,
     reason: &str,
     now: i64,
-) -> Result<Option<ReservationRow>, DbError> {
-    let column = match by {
-        By::Id => "reservation_id",
-        By::Checkout => "checkout_id",
+    with_lines: bool,
+) -> Result<Option<Left>, DbError> {
+    let (column, id) = match by {
+        By::Id => ("reservation_id", "$1"),
+        By::Checkout => (
+            "checkout_id",
+            "(SELECT reservation_id FROM reservations WHERE checkout_id = $1)",
+        ),
     };
-    let sql = format!(
-        "UPDATE reservations SET state = $2, release_reason = $3, updated_at = $4 \
-         WHERE {column} = $1 AND state = 'active' RETURNING {RESERVATION_COLUMNS}"
-    );
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(&sql)
-            .bind(key)
-            .bind(to)
-            .bind(reason)
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await?
+    let mut statements = Statements::new()
+        .then(
+            format!(
+                "UPDATE reservations SET state = $2, release_reason = $3, updated_at = $4 \
+                 WHERE {column} = $1 AND state = 'active' RETURNING {RESERVATION_COLUMNS}"
+            ),
+            vec![key.into(), to.into(), reason.into(), now.into()],
+        )
+        .then(allocations_sql(id), vec![key.into()]);
+    if with_lines {
+        statements = statements.then(lines_sql(id), vec![key.into()]);
+    }
+    let answers = tx.run_together(statements).await?;
+    let Some(row) = answers[0].first()? else {
+        return Ok(None);
+    };
+    Ok(Some(Left {
+        row,
+        allocations: in_allocation_order(answers[1].rows()?),
+        lines: match answers.get(2) {
+            Some(lines) => lines.rows()?,
+            None => Vec::new(),
+        },
     }))
 }
 

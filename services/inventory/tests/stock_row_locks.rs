@@ -68,6 +68,24 @@ fn assert_last_stock_write_goes_with_the_key(request: &str, logged: &[String], h
     );
 }
 
+/// On SQLite, a reservation's state change and the reads its stock moves need (allocations and
+/// lines, found by checkout) went to the writer in one hand-off.
+fn assert_read_with_the_state_change(logged: &[String], h: &Harness) {
+    if h.db.backend() != Backend::Sqlite {
+        return;
+    }
+    testing::assert_one_hand_off(
+        logged,
+        &[
+            "UPDATE reservations SET state = $2",
+            "FROM reservation_allocations a",
+            "FROM reservation_lines WHERE reservation_id = (SELECT reservation_id",
+        ],
+        "FROM reservation_lines",
+        1,
+    );
+}
+
 #[tokio::test]
 async fn reserve_commit_and_release_write_their_stock_rows_last() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -80,6 +98,15 @@ async fn reserve_commit_and_release_write_their_stock_rows_last() {
         .await
         .unwrap();
     assert_stock_written_last("a reserve", &statement_log()[before..]);
+    if h.db.backend() == Backend::Sqlite {
+        // The reservation's row and both lines' stock levels went in one hand-off.
+        testing::assert_one_hand_off(
+            &statement_log()[before..],
+            &["INSERT INTO reservations (", "FROM stock s JOIN warehouses"],
+            "FROM stock s JOIN warehouses",
+            2,
+        );
+    }
 
     let before = statement_log().len();
     h.reserve(&dropped, vec![line("PLENTY", 3)], None)
@@ -88,16 +115,21 @@ async fn reserve_commit_and_release_write_their_stock_rows_last() {
     assert_stock_written_last("a reserve", &statement_log()[before..]);
 
     let before = statement_log().len();
-    h.commit(&kept).await.unwrap();
+    let commit_answer = h.commit(&kept).await.unwrap();
     assert_stock_written_last("a commit", &statement_log()[before..]);
     assert_last_stock_write_goes_with_the_key("a commit", &statement_log()[before..], &h);
+    assert_read_with_the_state_change(&statement_log()[before..], &h);
 
     let before = statement_log().len();
-    h.release(&dropped).await.unwrap();
+    let release_answer = h.release(&dropped).await.unwrap();
     assert_stock_written_last("a release", &statement_log()[before..]);
     assert_last_stock_write_goes_with_the_key("a release", &statement_log()[before..], &h);
+    assert_read_with_the_state_change(&statement_log()[before..], &h);
 
     // What the handlers answered is what they stored.
+    assert_eq!(commit_answer, h.reservation(&kept).await);
+    assert_eq!(commit_answer.lines.len(), 2);
+    assert_eq!(release_answer, h.reservation(&dropped).await);
     let committed = h.reservation(&kept).await;
     assert_eq!(committed.state(), ReservationState::Committed);
     assert_eq!(

@@ -51,11 +51,6 @@ async fn post(
     storage::insert_entries(tx, &entries).await
 }
 
-/// The hold still outstanding on a payment.
-pub async fn outstanding_hold(tx: &mut Tx, payment_id: &str) -> Result<i64, DbError> {
-    storage::account_balance(tx, payment_id, HOLDS_OUTSTANDING).await
-}
-
 /// An authorization hold.
 pub async fn hold(tx: &mut Tx, payment: &PaymentRow, amount: i64) -> Result<(), DbError> {
     post(
@@ -67,9 +62,13 @@ pub async fn hold(tx: &mut Tx, payment: &PaymentRow, amount: i64) -> Result<(), 
     .await
 }
 
-/// The release of whatever hold is outstanding (a void).
-pub async fn release_hold(tx: &mut Tx, payment: &PaymentRow) -> Result<(), DbError> {
-    let outstanding = outstanding_hold(tx, &payment.payment_id).await?;
+/// The release of whatever hold is outstanding (a void); `outstanding` is the balance of
+/// [`HOLDS_OUTSTANDING`] read in this transaction.
+pub async fn release_hold(
+    tx: &mut Tx,
+    payment: &PaymentRow,
+    outstanding: i64,
+) -> Result<(), DbError> {
     post(
         tx,
         payment,
@@ -80,9 +79,14 @@ pub async fn release_hold(tx: &mut Tx, payment: &PaymentRow) -> Result<(), DbErr
 }
 
 /// A capture: the whole hold is released (what is not captured returns to the card) and the
-/// captured amount becomes receivable from the processor.
-pub async fn capture(tx: &mut Tx, payment: &PaymentRow, amount: i64) -> Result<(), DbError> {
-    let outstanding = outstanding_hold(tx, &payment.payment_id).await?;
+/// captured amount becomes receivable from the processor; `outstanding` is the balance of
+/// [`HOLDS_OUTSTANDING`] read in this transaction.
+pub async fn capture(
+    tx: &mut Tx,
+    payment: &PaymentRow,
+    amount: i64,
+    outstanding: i64,
+) -> Result<(), DbError> {
     post(
         tx,
         payment,

@@ -431,11 +431,18 @@ impl Payments {
                         ..Change::default()
                     };
                     let to = State::Captured.as_str();
-                    let moved =
-                        storage::transition(tx, &row.payment_id, capturing, to, &change, now)
-                            .await?;
+                    let (moved, outstanding) = storage::transition_reading_balance(
+                        tx,
+                        &row.payment_id,
+                        capturing,
+                        to,
+                        &change,
+                        now,
+                        ledger::HOLDS_OUTSTANDING,
+                    )
+                    .await?;
                     if moved.is_some() {
-                        ledger::capture(tx, &row, row.capture_request_minor).await?;
+                        ledger::capture(tx, &row, row.capture_request_minor, outstanding).await?;
                     }
                     moved
                 }
@@ -445,11 +452,18 @@ impl Payments {
                         ..Change::default()
                     };
                     let to = State::Failed.as_str();
-                    if storage::transition(tx, &row.payment_id, capturing, to, &change, now)
-                        .await?
-                        .is_some()
-                    {
-                        ledger::release_hold(tx, &row).await?;
+                    let (moved, outstanding) = storage::transition_reading_balance(
+                        tx,
+                        &row.payment_id,
+                        capturing,
+                        to,
+                        &change,
+                        now,
+                        ledger::HOLDS_OUTSTANDING,
+                    )
+                    .await?;
+                    if moved.is_some() {
+                        ledger::release_hold(tx, &row, outstanding).await?;
                     }
                     return Err(PaymentError::Declined(code));
                 }
@@ -546,17 +560,18 @@ impl Payments {
                 Ok(()) => {
                     let voiding = State::Voiding.as_str();
                     let to = State::Voided.as_str();
-                    let moved = storage::transition(
+                    let (moved, outstanding) = storage::transition_reading_balance(
                         tx,
                         &row.payment_id,
                         voiding,
                         to,
                         &Change::default(),
                         now_millis(),
+                        ledger::HOLDS_OUTSTANDING,
                     )
                     .await?;
                     if moved.is_some() {
-                        ledger::release_hold(tx, &row).await?;
+                        ledger::release_hold(tx, &row, outstanding).await?;
                     }
                     moved
                 }

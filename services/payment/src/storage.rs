@@ -1,7 +1,7 @@
 //! Every SQL statement of the payment service (payments, ledger, the simulated processor's
 //! books), portable across SQLite and Postgres. Each runs in the caller's transaction.
 
-use checkout_kit::db::{DbError, Tx, values_list};
+use checkout_kit::db::{DbError, Statements, Tx, Value, values_list};
 use checkout_kit::on_backend;
 
 /// A payment as stored.
@@ -165,7 +165,41 @@ pub async fn transition(
     change: &Change,
     now: i64,
 ) -> Result<Option<PaymentRow>, DbError> {
-    let sql = format!(
+    let statements = Statements::new().then(
+        transition_sql(),
+        transition_values(payment_id, from, to, change, now),
+    );
+    tx.run_together(statements).await?[0].first()
+}
+
+/// [`transition`] with the net balance of `account` for the payment ([`ACCOUNT_BALANCE`]) read
+/// right after it, sent together ([`Tx::run_together`]: one hand-off on SQLite), for the ledger
+/// posting that follows a transition.
+pub async fn transition_reading_balance(
+    tx: &mut Tx,
+    payment_id: &str,
+    from: &str,
+    to: &str,
+    change: &Change,
+    now: i64,
+    account: &str,
+) -> Result<(Option<PaymentRow>, i64), DbError> {
+    let statements = Statements::new()
+        .then(
+            transition_sql(),
+            transition_values(payment_id, from, to, change, now),
+        )
+        .then(ACCOUNT_BALANCE, vec![payment_id.into(), account.into()]);
+    let answers = tx.run_together(statements).await?;
+    let (balance,): (Option<i64>,) = answers[1]
+        .first()?
+        .ok_or(DbError::Query(sqlx::Error::RowNotFound))?;
+    Ok((answers[0].first()?, balance.unwrap_or(0)))
+}
+
+/// [`transition`]'s statement.
+fn transition_sql() -> String {
+    format!(
         "UPDATE payments SET state = $3, \
                captured_minor = captured_minor + $4, \
                capture_request_minor = COALESCE($5, capture_request_minor), \
@@ -178,23 +212,30 @@ pub async fn transition(
          WHERE payment_id = $1 AND state = $2 \
            AND refunded_minor + refund_pending_minor + $6 + $7 <= captured_minor + $4 \
          RETURNING {PAYMENT_COLUMNS}"
-    );
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(&sql)
-        .bind(payment_id)
-        .bind(from)
-        .bind(to)
-        .bind(change.captured_delta)
-        .bind(change.capture_request)
-        .bind(change.refunded_delta)
-        .bind(change.refund_pending_delta)
-        .bind(change.decline_code.as_deref())
-        .bind(change.processor_reference.as_deref())
-        .bind(change.card_last4.as_deref())
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?
-    }))
+    )
+}
+
+/// [`transition_sql`]'s values.
+fn transition_values(
+    payment_id: &str,
+    from: &str,
+    to: &str,
+    change: &Change,
+    now: i64,
+) -> Vec<Value> {
+    vec![
+        payment_id.into(),
+        from.into(),
+        to.into(),
+        change.captured_delta.into(),
+        change.capture_request.into(),
+        change.refunded_delta.into(),
+        change.refund_pending_delta.into(),
+        change.decline_code.as_deref().into(),
+        change.processor_reference.as_deref().into(),
+        change.card_last4.as_deref().into(),
+        now.into(),
+    ]
 }
 
 /// What a transition changes besides the state.
@@ -295,21 +336,9 @@ pub async fn all_entries(tx: &mut Tx) -> Result<Vec<EntryRow>, DbError> {
     Ok(on_backend!(tx, conn => sqlx::query_as(&sql).fetch_all(&mut *conn).await?))
 }
 
-/// The net balance (credits minus debits) of one account for one payment.
-pub async fn account_balance(tx: &mut Tx, payment_id: &str, account: &str) -> Result<i64, DbError> {
-    let n: Option<i64> = on_backend!(tx, conn => {
-        sqlx::query_scalar(
-            "SELECT CAST(SUM(CASE direction WHEN 'credit' THEN amount_minor \
-                                             ELSE -amount_minor END) AS BIGINT) \
-             FROM ledger_entries WHERE payment_id = $1 AND account = $2",
-        )
-        .bind(payment_id)
-        .bind(account)
-        .fetch_one(&mut *conn)
-        .await?
-    });
-    Ok(n.unwrap_or(0))
-}
+/// The net balance (credits minus debits) of one account (`$2`) for one payment (`$1`).
+const ACCOUNT_BALANCE: &str = "SELECT CAST(SUM(CASE direction WHEN 'credit' THEN amount_minor \
+     ELSE -amount_minor END) AS BIGINT) FROM ledger_entries WHERE payment_id = $1 AND account = $2";
 
 /// The statement of [`processor_books`]: two index lookups joined, not one `OR`. A connection
 /// caches a generic plan after a statement's first runs; for the `OR`, made while the table was

@@ -499,6 +499,13 @@ async fn a_processor_call_records_its_recovery_point_with_the_claim_not_after_it
             })
             .count();
         assert!(settled >= 3, "hold, capture and refund: {logged:?}");
+        // The capture's transition and the hold it releases were read in one hand-off.
+        checkout_kit::testing::assert_one_hand_off(
+            &logged,
+            &["SUM(CASE direction", "UPDATE payments SET state = $3"],
+            "account = $13",
+            1,
+        );
     }
 }
 

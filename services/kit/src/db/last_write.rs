@@ -10,14 +10,20 @@ use super::{DbError, SqliteTx, Tx};
 /// A value bound to a held write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    /// An integer.
-    Int(i64),
+    /// An integer, or NULL.
+    Int(Option<i64>),
     /// A text, or NULL.
     Text(Option<String>),
 }
 
 impl From<i64> for Value {
     fn from(v: i64) -> Self {
+        Self::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Self {
         Self::Int(v)
     }
 }
@@ -31,6 +37,18 @@ impl From<&str> for Value {
 impl From<Option<&str>> for Value {
     fn from(v: Option<&str>) -> Self {
         Self::Text(v.map(str::to_owned))
+    }
+}
+
+/// Binds one value to a statement's next parameter.
+pub(super) fn bind<'q, DB: Database>(query: Query<'q, DB>, value: &Value) -> Query<'q, DB>
+where
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    match value {
+        Value::Int(v) => query.bind(*v),
+        Value::Text(v) => query.bind(v.clone()),
     }
 }
 
@@ -59,14 +77,11 @@ impl LastWrite {
     /// Binds its values, in order.
     pub(crate) fn bind<'q, DB: Database>(&self, mut q: Query<'q, DB>) -> Query<'q, DB>
     where
-        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
         for value in &self.values {
-            q = match value {
-                Value::Int(v) => q.bind(*v),
-                Value::Text(v) => q.bind(v.clone()),
-            };
+            q = bind(q, value);
         }
         q
     }

@@ -19,12 +19,14 @@ mod last_write;
 mod lease;
 mod sqlite_opening;
 mod sqlite_writer;
+mod statements;
 
 pub(crate) use last_write::LastWrite;
 pub use last_write::{Value, shift_parameters};
 pub use lease::{Lease, Leases};
 pub use sqlite_opening::Opening;
 pub use sqlite_writer::{WriteGate, WriteTx};
+pub use statements::{Answer, Statements};
 
 /// Which database engine a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
