@@ -7,7 +7,7 @@
 use checkout_kit::db::timestamp;
 use std::sync::Arc;
 
-use checkout_kit::db::{Db, Tx, now_millis};
+use checkout_kit::db::{Answer, Db, Statements, Tx, now_millis};
 use checkout_kit::idempotency::{Execution, Idempotency, Key, STARTED, Started, is_final};
 use checkout_proto::common::Money;
 use checkout_proto::payment::{
@@ -114,6 +114,26 @@ pub async fn find(tx: &mut Tx, target: &Target) -> Result<Option<PaymentRow>, Pa
     })
 }
 
+/// The statement reading a payment by id or checkout, to send with a claim.
+fn read(target: &Target) -> Statements {
+    match target {
+        Target::Payment(id) => storage::read_payment(storage::By::Id, id),
+        Target::Checkout(id) => storage::read_payment(storage::By::Checkout, id),
+    }
+}
+
+/// The payment [`read`] found, when it went with the claim; else found now.
+async fn found(
+    tx: &mut Tx,
+    target: &Target,
+    answers: Option<Vec<Answer>>,
+) -> Result<Option<PaymentRow>, PaymentError> {
+    match answers {
+        Some(answers) => Ok(answers[0].first()?),
+        None => find(tx, target).await,
+    }
+}
+
 async fn reload(tx: &mut Tx, payment_id: &str) -> Result<PaymentRow, PaymentError> {
     storage::payment(tx, payment_id)
         .await?
@@ -172,17 +192,32 @@ impl Payments {
     }
 
     /// Claims the request and runs `decide` once, before any processor call: it either answers
-    /// at once or returns the payment (of `target`) to call the processor for. The claim is made
+    /// at once or returns the payment (of `target`) to call the processor for. `first` goes with
+    /// a new key's claim ([`Idempotency::start_with`]) and `decide` gets its answers; a key
+    /// seen before gives none, and `decide` runs those statements itself. The claim is made
     /// at the recovery point [`REQUESTED`], so when `decide` moves the payment the claim, the
     /// move and the recovery point are one write with no checkpoint of their own; when it
     /// answers, the answer is stored in the same transaction; when it fails transiently, the
     /// claim is rolled back with the rest. A resumed request skips straight to the call.
-    async fn prepare<T, F>(&self, key: Key, target: &Target, decide: F) -> Result<Next<T>, Status>
+    async fn prepare<T, F>(
+        &self,
+        key: Key,
+        target: &Target,
+        first: Statements,
+        decide: F,
+    ) -> Result<Next<T>, Status>
     where
         T: Message + Default,
-        F: for<'t> AsyncFnOnce(&'t mut Tx) -> Result<Result<PaymentRow, T>, PaymentError>,
+        F: for<'t> AsyncFnOnce(
+            &'t mut Tx,
+            Option<Vec<Answer>>,
+        ) -> Result<Result<PaymentRow, T>, PaymentError>,
     {
-        let (mut exec, mut tx) = match self.idempotency.start::<T>(key, REQUESTED).await? {
+        let (started, answers) = self
+            .idempotency
+            .start_with::<T>(key, REQUESTED, first)
+            .await?;
+        let (mut exec, mut tx) = match started {
             Started::Replay(answer) => return Ok(Next::Done(answer)),
             Started::Run(exec, tx) => (exec, tx),
         };
@@ -198,7 +233,7 @@ impl Payments {
                 .map_err(|e| Status::from(PaymentError::Db(e)))?;
             return Ok(Next::Call(exec, Box::new(row)));
         }
-        match decide(&mut tx).await {
+        match decide(&mut tx, answers).await {
             Ok(Ok(row)) => {
                 if exec.resumed() {
                     // Taken over from a holder that stopped before its intent.
@@ -249,31 +284,36 @@ impl Payments {
         let respond = |row: &PaymentRow| AuthorizePaymentResponse {
             payment: Some(to_proto(row)),
         };
+        let now = now_millis();
+        let row = PaymentRow {
+            payment_id: uuid::Uuid::now_v7().to_string(),
+            checkout_id: checkout_id.to_owned(),
+            customer_id: customer_id.to_owned(),
+            state: State::Pending.as_str().to_owned(),
+            currency_code: amount.currency_code.clone(),
+            authorized_minor: amount.amount_minor,
+            captured_minor: 0,
+            capture_request_minor: 0,
+            refunded_minor: 0,
+            refund_pending_minor: 0,
+            decline_code: String::new(),
+            processor_reference: String::new(),
+            processor_key: processor_key.clone(),
+            card_last4: String::new(),
+            created_at: now,
+            updated_at: now,
+        };
         let next = self
             .prepare(
                 key,
                 &Target::Checkout(checkout_id.to_owned()),
-                async |tx: &mut Tx| {
-                    let now = now_millis();
-                    let row = PaymentRow {
-                        payment_id: uuid::Uuid::now_v7().to_string(),
-                        checkout_id: checkout_id.to_owned(),
-                        customer_id: customer_id.to_owned(),
-                        state: State::Pending.as_str().to_owned(),
-                        currency_code: amount.currency_code.clone(),
-                        authorized_minor: amount.amount_minor,
-                        captured_minor: 0,
-                        capture_request_minor: 0,
-                        refunded_minor: 0,
-                        refund_pending_minor: 0,
-                        decline_code: String::new(),
-                        processor_reference: String::new(),
-                        processor_key: processor_key.clone(),
-                        card_last4: String::new(),
-                        created_at: now,
-                        updated_at: now,
+                storage::insert_payment_statement(&row),
+                async |tx: &mut Tx, answers: Option<Vec<Answer>>| {
+                    let inserted = match answers {
+                        Some(answers) => answers[0].rows_affected() == 1,
+                        None => storage::insert_payment(tx, &row).await?,
                     };
-                    if storage::insert_payment(tx, &row).await? {
+                    if inserted {
                         return Ok(Ok(row));
                     }
                     let existing = storage::payment_by_checkout(tx, checkout_id)
@@ -365,8 +405,10 @@ impl Payments {
             payment: Some(to_proto(row)),
         };
         let next = self
-            .prepare(key, target, async |tx: &mut Tx| {
-                let row = find(tx, target).await?.ok_or(PaymentError::NotFound)?;
+            .prepare(key, target, read(target), async |tx: &mut Tx, answers| {
+                let row = found(tx, target, answers)
+                    .await?
+                    .ok_or(PaymentError::NotFound)?;
                 if let Some(m) = amount
                     && m.currency_code != row.currency_code
                 {
@@ -485,8 +527,8 @@ impl Payments {
             payment: Some(to_proto(row)),
         };
         let next = self
-            .prepare(key, target, async |tx: &mut Tx| {
-                let row = match find(tx, target).await? {
+            .prepare(key, target, read(target), async |tx: &mut Tx, answers| {
+                let row = match found(tx, target, answers).await? {
                     Some(row) => row,
                     None => {
                         let Target::Checkout(checkout_id) = target else {
@@ -598,8 +640,10 @@ impl Payments {
             payment: Some(to_proto(row)),
         };
         let next = self
-            .prepare(key, target, async |tx: &mut Tx| {
-                let row = find(tx, target).await?.ok_or(PaymentError::NotFound)?;
+            .prepare(key, target, read(target), async |tx: &mut Tx, answers| {
+                let row = found(tx, target, answers)
+                    .await?
+                    .ok_or(PaymentError::NotFound)?;
                 if amount.currency_code != row.currency_code {
                     return Err(checkout_kit::status::Rejection::invalid_field(
                         "amount.currency_code",

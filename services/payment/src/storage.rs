@@ -100,41 +100,61 @@ const PROCESSOR_COLUMNS: &str = "processor_key, operation, outcome, reference, \
 
 /// Inserts a payment unless its checkout has one; false when it has.
 pub async fn insert_payment(tx: &mut Tx, p: &PaymentRow) -> Result<bool, DbError> {
-    let sql = format!(
-        "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-         $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (checkout_id) DO NOTHING"
-    );
-    let n = on_backend!(tx, conn => {
-        sqlx::query(&sql)
-            .bind(&p.payment_id)
-            .bind(&p.checkout_id)
-            .bind(&p.customer_id)
-            .bind(&p.state)
-            .bind(&p.currency_code)
-            .bind(p.authorized_minor)
-            .bind(p.captured_minor)
-            .bind(p.capture_request_minor)
-            .bind(p.refunded_minor)
-            .bind(p.refund_pending_minor)
-            .bind(&p.decline_code)
-            .bind(&p.processor_reference)
-            .bind(&p.processor_key)
-            .bind(&p.card_last4)
-            .bind(p.created_at)
-            .bind(p.updated_at)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected()
-    });
-    Ok(n == 1)
+    Ok(tx.run_together(insert_payment_statement(p)).await?[0].rows_affected() == 1)
+}
+
+/// The statement of [`insert_payment`], to send with others.
+pub fn insert_payment_statement(p: &PaymentRow) -> Statements {
+    Statements::new().then(
+        format!(
+            "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (checkout_id) DO NOTHING"
+        ),
+        vec![
+            p.payment_id.as_str().into(),
+            p.checkout_id.as_str().into(),
+            p.customer_id.as_str().into(),
+            p.state.as_str().into(),
+            p.currency_code.as_str().into(),
+            p.authorized_minor.into(),
+            p.captured_minor.into(),
+            p.capture_request_minor.into(),
+            p.refunded_minor.into(),
+            p.refund_pending_minor.into(),
+            p.decline_code.as_str().into(),
+            p.processor_reference.as_str().into(),
+            p.processor_key.as_str().into(),
+            p.card_last4.as_str().into(),
+            p.created_at.into(),
+            p.updated_at.into(),
+        ],
+    )
+}
+
+/// The column a payment is found by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// `payment_id`.
+    Id,
+    /// `checkout_id` (a checkout has at most one payment).
+    Checkout,
+}
+
+/// The statement reading the payment `key` names, to send with others.
+pub fn read_payment(by: By, key: &str) -> Statements {
+    let column = match by {
+        By::Id => "payment_id",
+        By::Checkout => "checkout_id",
+    };
+    Statements::new().then(
+        format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE {column} = $1"),
+        vec![key.into()],
+    )
 }
 
 /// A payment by id.
 pub async fn payment(tx: &mut Tx, payment_id: &str) -> Result<Option<PaymentRow>, DbError> {
-    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1");
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(&sql).bind(payment_id).fetch_optional(&mut *conn).await?
-    }))
+    tx.run_together(read_payment(By::Id, payment_id)).await?[0].first()
 }
 
 /// A checkout's payment.
@@ -142,10 +162,9 @@ pub async fn payment_by_checkout(
     tx: &mut Tx,
     checkout_id: &str,
 ) -> Result<Option<PaymentRow>, DbError> {
-    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE checkout_id = $1");
-    Ok(on_backend!(tx, conn => {
-        sqlx::query_as(&sql).bind(checkout_id).fetch_optional(&mut *conn).await?
-    }))
+    tx.run_together(read_payment(By::Checkout, checkout_id))
+        .await?[0]
+        .first()
 }
 
 /// Every payment (for reconciliation).

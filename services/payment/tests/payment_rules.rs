@@ -499,6 +499,22 @@ async fn a_processor_call_records_its_recovery_point_with_the_claim_not_after_it
             })
             .count();
         assert!(settled >= 3, "hold, capture and refund: {logged:?}");
+        // A new key's claim went with the authorization's insert and with the capture's and
+        // refund's read of the payment.
+        assert!(
+            logged
+                .iter()
+                .any(|s| s.contains("DO NOTHING; INSERT INTO payments (")),
+            "the claim with the authorization's insert: {logged:?}"
+        );
+        let claimed_with_the_read = logged
+            .iter()
+            .filter(|s| {
+                s.contains("INSERT INTO idempotency_keys")
+                    && s.contains("FROM payments WHERE checkout_id = $9")
+            })
+            .count();
+        assert!(claimed_with_the_read >= 2, "capture and refund: {logged:?}");
         // The capture's transition and the hold it releases were read in one hand-off.
         checkout_kit::testing::assert_one_hand_off(
             &logged,

@@ -14,6 +14,8 @@ pub enum Value {
     Int(Option<i64>),
     /// A text, or NULL.
     Text(Option<String>),
+    /// Bytes.
+    Bytes(Vec<u8>),
 }
 
 impl From<i64> for Value {
@@ -34,6 +36,12 @@ impl From<&str> for Value {
     }
 }
 
+impl From<&[u8]> for Value {
+    fn from(v: &[u8]) -> Self {
+        Self::Bytes(v.to_vec())
+    }
+}
+
 impl From<Option<&str>> for Value {
     fn from(v: Option<&str>) -> Self {
         Self::Text(v.map(str::to_owned))
@@ -45,10 +53,12 @@ pub(super) fn bind<'q, DB: Database>(query: Query<'q, DB>, value: &Value) -> Que
 where
     Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     match value {
         Value::Int(v) => query.bind(*v),
         Value::Text(v) => query.bind(v.clone()),
+        Value::Bytes(v) => query.bind(v.clone()),
     }
 }
 
@@ -79,6 +89,7 @@ impl LastWrite {
     where
         Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
         for value in &self.values {
             q = bind(q, value);

@@ -32,6 +32,17 @@ impl Statements {
         self
     }
 
+    /// Adds `more`'s statements after these.
+    pub fn and(mut self, more: Statements) -> Self {
+        self.parts.extend(more.parts);
+        self
+    }
+
+    /// Whether there is no statement.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
     /// The statements as one string, each one's parameters numbered after its predecessors'.
     fn joined(&self, before: usize) -> String {
         let mut bound = before;

@@ -36,7 +36,7 @@ use std::time::Duration;
 use prost::Message;
 use tonic::{Code, Status};
 
-use crate::db::{Db, DbError, Tx};
+use crate::db::{Answer, Db, DbError, Statements, Tx};
 use crate::shutdown::Shutdown;
 use crate::status::{self, Rejection};
 
@@ -251,13 +251,10 @@ impl Idempotency {
                 resumed,
             } => Ok(Started::Run(
                 Execution {
-                    key,
-                    lock_token: token,
-                    lock_ttl: self.config.lock_ttl,
                     recovery_point,
                     recovery_data,
                     resumed,
-                    _answer: PhantomData,
+                    ..self.execution(key, token, intent)
                 },
                 tx,
             )),
@@ -265,6 +262,52 @@ impl Idempotency {
                 tx.rollback().await.map_err(db_status)?;
                 Ok(Started::Replay(settle(&key, found)?))
             }
+        }
+    }
+
+    /// [`Idempotency::start`] with the handler's `first` statements sent with the claim
+    /// ([`Tx::run_together`]: one hand-off on SQLite). A new key comes back claimed at `intent`
+    /// with `first`'s answers, in the open transaction. For a key there already (a repeat, a
+    /// duplicate, a takeover) `first` is rolled back and the claim is made again as
+    /// [`Idempotency::start`] makes it, with no answers: the handler runs its statements
+    /// itself, knowing what the claim found.
+    pub async fn start_with<T: Message + Default>(
+        &self,
+        key: Key,
+        intent: &str,
+        first: Statements,
+    ) -> Result<(Started<T>, Option<Vec<Answer>>), Status> {
+        if first.is_empty() {
+            return Ok((self.start(key, intent).await?, None));
+        }
+        let mut tx = self.db.begin().await.map_err(db_status)?;
+        let token = new_token();
+        let claimed =
+            store::claim_new_with(&mut tx, &key, &token, &self.config, intent, first).await;
+        match claimed {
+            Ok(Some(answers)) => {
+                let execution = self.execution(key, token, intent);
+                return Ok((Started::Run(execution, tx), Some(answers)));
+            }
+            Ok(None) => tx.rollback().await.map_err(db_status)?,
+            Err(e) => {
+                tx.rollback().await.map_err(db_status)?;
+                return Err(db_status(e));
+            }
+        }
+        Ok((self.start(key, intent).await?, None))
+    }
+
+    /// The execution of a key newly claimed under `token` at the recovery point `intent`.
+    fn execution<T>(&self, key: Key, token: String, intent: &str) -> Execution<T> {
+        Execution {
+            key,
+            lock_token: token,
+            lock_ttl: self.config.lock_ttl,
+            recovery_point: intent.to_owned(),
+            recovery_data: None,
+            resumed: false,
+            _answer: PhantomData,
         }
     }
 

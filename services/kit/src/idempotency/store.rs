@@ -8,7 +8,7 @@ use prost::bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::{IdempotencyConfig, Key, STARTED};
-use crate::db::{DbError, Tx, now_millis, shift_parameters};
+use crate::db::{Answer, DbError, Statements, Tx, now_millis, shift_parameters};
 use crate::on_backend;
 use crate::status;
 
@@ -311,6 +311,51 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The insert of a new key for `token` at the recovery point `intent`, locked and kept from
+/// `now`; it inserts nothing when the key is there already.
+fn claim_new(
+    key: &Key,
+    token: &str,
+    config: &IdempotencyConfig,
+    intent: &str,
+    now: i64,
+) -> Statements {
+    Statements::new().then(
+        "INSERT INTO idempotency_keys \
+           (scope, request_id, fingerprint, state, recovery_point, lock_token, locked_until, \
+            created_at, expires_at) \
+         VALUES ($1, $2, $3, 'in_progress', $4, $5, $6, $7, $8) \
+         ON CONFLICT (scope, request_id) DO NOTHING",
+        vec![
+            key.scope().into(),
+            key.request_id().into(),
+            key.fingerprint().as_slice().into(),
+            intent.into(),
+            token.into(),
+            now.saturating_add(millis(config.lock_ttl)).into(),
+            now.into(),
+            now.saturating_add(millis(config.retention)).into(),
+        ],
+    )
+}
+
+/// Inserts a new key for `token` at the recovery point `intent` with `first` after it, sent
+/// together ([`Tx::run_together`]: one hand-off on SQLite): `first`'s answers when the key was
+/// new, `None` when it was there already (`first` ran all the same: the caller rolls back).
+pub(super) async fn claim_new_with(
+    tx: &mut Tx,
+    key: &Key,
+    token: &str,
+    config: &IdempotencyConfig,
+    intent: &str,
+    first: Statements,
+) -> Result<Option<Vec<Answer>>, DbError> {
+    let statements = claim_new(key, token, config, intent, now_millis()).and(first);
+    let mut answers = tx.run_together(statements).await?;
+    let claim = answers.remove(0);
+    Ok((claim.rows_affected() == 1).then_some(answers))
+}
+
 /// Claims `key` for `token`: inserts it at the recovery point `intent`, takes over a stale or
 /// expired row, or reports what is there.
 pub(super) async fn claim(
@@ -325,26 +370,10 @@ pub(super) async fn claim(
     let expires_at = now.saturating_add(millis(config.retention));
     let fingerprint = key.fingerprint().as_slice();
 
-    let inserted = on_backend!(tx, conn => {
-        sqlx::query(
-            "INSERT INTO idempotency_keys \
-               (scope, request_id, fingerprint, state, recovery_point, lock_token, locked_until, \
-                created_at, expires_at) \
-             VALUES ($1, $2, $3, 'in_progress', $4, $5, $6, $7, $8) \
-             ON CONFLICT (scope, request_id) DO NOTHING",
-        )
-        .bind(key.scope())
-        .bind(key.request_id())
-        .bind(fingerprint)
-        .bind(intent)
-        .bind(token)
-        .bind(locked_until)
-        .bind(now)
-        .bind(expires_at)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    });
+    let inserted = tx
+        .run_together(claim_new(key, token, config, intent, now))
+        .await?[0]
+        .rows_affected();
     let fresh = || ClaimOutcome::Claimed {
         recovery_point: intent.to_owned(),
         recovery_data: None,

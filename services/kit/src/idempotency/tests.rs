@@ -7,7 +7,7 @@ use checkout_proto::cart::{AddItemRequest, Cart, CartLine};
 use tonic::{Code, Status};
 
 use super::*;
-use crate::db::{Db, Tx};
+use crate::db::{Db, Statements, Tx};
 use crate::on_backend;
 use crate::status::{Rejection, reason_of};
 use crate::testing::TestDatabase;
@@ -445,6 +445,71 @@ async fn a_new_key_is_claimed_at_its_intent_and_a_takeover_resumes_there() {
         ("requested", true)
     );
     assert_eq!(second.external_key(), first.external_key());
+}
+
+/// A note in `effects`, for [`Idempotency::start_with`] to send with the claim.
+fn note(id: &str) -> Statements {
+    Statements::new().then(
+        "INSERT INTO effects (id, note) VALUES ($1, 'with the claim') RETURNING id",
+        vec![id.into()],
+    )
+}
+
+#[tokio::test]
+async fn statements_sent_with_a_new_claim_are_answered_and_otherwise_rolled_back() {
+    crate::testing::statement_log();
+    let (_database, db, layer) = setup(short_locks()).await;
+    let request = request(&id(), 1);
+    let key = || Key::new(SCOPE, &request).unwrap();
+
+    // A new key: the claim and the note in one hand-off, the note answered.
+    let before = crate::testing::statement_log().len();
+    let (Started::Run(first, claim), Some(answers)) =
+        layer.start_with::<Cart>(key(), "requested", note("first")).await.unwrap()
+    else {
+        panic!("a new key runs with its statements answered");
+    };
+    assert_eq!(
+        answers[0].rows::<(String,)>().unwrap(),
+        vec![("first".to_owned(),)]
+    );
+    assert_eq!(
+        (first.recovery_point(), first.resumed()),
+        ("requested", false)
+    );
+    claim.commit().await.unwrap();
+    if db.backend() == crate::db::Backend::Sqlite {
+        crate::testing::assert_one_hand_off(
+            &crate::testing::statement_log()[before..],
+            &["'with the claim'", "INSERT INTO idempotency_keys"],
+            "'with the claim'",
+            1,
+        );
+    }
+    assert_eq!((effects(&db).await, keys(&db).await), (1, 1));
+
+    // Held by a live claim: refused, and the note sent with the claim is rolled back.
+    let busy = layer
+        .start_with::<Cart>(key(), STARTED, note("busy"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&busy).as_deref(), Some(IN_PROGRESS));
+    assert_eq!(effects(&db).await, 1);
+
+    // Taken over once stale: the claim is made the long way, with no answers (the caller runs
+    // its statements itself), and the note is rolled back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (Started::Run(second, takeover), None) =
+        layer.start_with::<Cart>(key(), STARTED, note("takeover")).await.unwrap()
+    else {
+        panic!("a stale key is taken over, without answers");
+    };
+    assert_eq!(
+        (second.recovery_point(), second.resumed()),
+        ("requested", true)
+    );
+    takeover.commit().await.unwrap();
+    assert_eq!((effects(&db).await, keys(&db).await), (1, 1));
 }
 
 #[tokio::test]
