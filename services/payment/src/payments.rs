@@ -134,6 +134,22 @@ async fn found(
     }
 }
 
+/// Moves the payment from `from` to `to` and reads the hold then outstanding, which the
+/// transition's ledger posting releases ([`storage::transition_reading_balance`]).
+async fn releasing_hold(
+    tx: &mut Tx,
+    row: &PaymentRow,
+    from: &str,
+    to: &str,
+    change: &Change,
+    now: i64,
+) -> Result<(Option<PaymentRow>, i64), PaymentError> {
+    let account = ledger::HOLDS_OUTSTANDING;
+    let moved =
+        storage::transition_reading_balance(tx, &row.payment_id, from, to, change, now, account);
+    Ok(moved.await?)
+}
+
 async fn reload(tx: &mut Tx, payment_id: &str) -> Result<PaymentRow, PaymentError> {
     storage::payment(tx, payment_id)
         .await?
@@ -473,16 +489,8 @@ impl Payments {
                         ..Change::default()
                     };
                     let to = State::Captured.as_str();
-                    let (moved, outstanding) = storage::transition_reading_balance(
-                        tx,
-                        &row.payment_id,
-                        capturing,
-                        to,
-                        &change,
-                        now,
-                        ledger::HOLDS_OUTSTANDING,
-                    )
-                    .await?;
+                    let (moved, outstanding) =
+                        releasing_hold(tx, &row, capturing, to, &change, now).await?;
                     if moved.is_some() {
                         ledger::capture(tx, &row, row.capture_request_minor, outstanding).await?;
                     }
@@ -494,16 +502,8 @@ impl Payments {
                         ..Change::default()
                     };
                     let to = State::Failed.as_str();
-                    let (moved, outstanding) = storage::transition_reading_balance(
-                        tx,
-                        &row.payment_id,
-                        capturing,
-                        to,
-                        &change,
-                        now,
-                        ledger::HOLDS_OUTSTANDING,
-                    )
-                    .await?;
+                    let (moved, outstanding) =
+                        releasing_hold(tx, &row, capturing, to, &change, now).await?;
                     if moved.is_some() {
                         ledger::release_hold(tx, &row, outstanding).await?;
                     }
@@ -602,16 +602,9 @@ impl Payments {
                 Ok(()) => {
                     let voiding = State::Voiding.as_str();
                     let to = State::Voided.as_str();
-                    let (moved, outstanding) = storage::transition_reading_balance(
-                        tx,
-                        &row.payment_id,
-                        voiding,
-                        to,
-                        &Change::default(),
-                        now_millis(),
-                        ledger::HOLDS_OUTSTANDING,
-                    )
-                    .await?;
+                    let (moved, outstanding) =
+                        releasing_hold(tx, &row, voiding, to, &Change::default(), now_millis())
+                            .await?;
                     if moved.is_some() {
                         ledger::release_hold(tx, &row, outstanding).await?;
                     }

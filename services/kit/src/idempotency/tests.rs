@@ -464,8 +464,10 @@ async fn statements_sent_with_a_new_claim_are_answered_and_otherwise_rolled_back
 
     // A new key: the claim and the note in one hand-off, the note answered.
     let before = crate::testing::statement_log().len();
-    let (Started::Run(first, claim), Some(answers)) =
-        layer.start_with::<Cart>(key(), "requested", note("first")).await.unwrap()
+    let (Started::Run(first, claim), Some(answers)) = layer
+        .start_with::<Cart>(key(), "requested", note("first"))
+        .await
+        .unwrap()
     else {
         panic!("a new key runs with its statements answered");
     };
@@ -499,8 +501,10 @@ async fn statements_sent_with_a_new_claim_are_answered_and_otherwise_rolled_back
     // Taken over once stale: the claim is made the long way, with no answers (the caller runs
     // its statements itself), and the note is rolled back.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (Started::Run(second, takeover), None) =
-        layer.start_with::<Cart>(key(), STARTED, note("takeover")).await.unwrap()
+    let (Started::Run(second, takeover), None) = layer
+        .start_with::<Cart>(key(), STARTED, note("takeover"))
+        .await
+        .unwrap()
     else {
         panic!("a stale key is taken over, without answers");
     };
