@@ -122,6 +122,10 @@ impl Tx {
     /// the rest and fails the call (the transaction must then be rolled back). A write held by
     /// [`Tx::write_last`] runs first, in the same string on SQLite.
     pub async fn run_together(&mut self, statements: Statements) -> Result<Vec<Answer>, DbError> {
+        if statements.is_empty() {
+            // Nothing to send: a held write stays held for the key's statement.
+            return Ok(Vec::new());
+        }
         match self {
             Tx::Sqlite(_) => {
                 let held = self.take_last_write();
