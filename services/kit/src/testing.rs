@@ -72,6 +72,26 @@ impl TestDatabase {
         &self.url
     }
 
+    /// A new database on the run's backend with an `idempotency_keys` table (the cart's
+    /// migrations) and one scratch table made by `create`, for the kit's own tests.
+    #[cfg(test)]
+    pub(crate) async fn with_scratch_table(label: &str, create: &str) -> (Self, Db) {
+        let database = Self::new(label);
+        let db = database
+            .migrated(&Migrations {
+                sqlite: sqlx::migrate!("../../migrations/sqlite/cart"),
+                postgres: sqlx::migrate!("../../migrations/postgres/cart"),
+            })
+            .await
+            .expect("migrated");
+        let mut tx = db.begin().await.unwrap();
+        crate::on_backend!(&mut tx, conn => {
+            sqlx::query(create).execute(&mut *conn).await.unwrap();
+        });
+        tx.commit().await.unwrap();
+        (database, db)
+    }
+
     /// Opens (creating) the database and applies the migrations.
     pub async fn migrated(&self, migrations: &Migrations) -> Result<Db, DbError> {
         let db = Db::connect(&self.url, &PoolConfig::default()).await?;

@@ -51,7 +51,11 @@ impl Statements {
             if !sql.is_empty() {
                 sql.push_str("; ");
             }
-            sql.push_str(&shift_parameters(text, bound));
+            if bound == 0 {
+                sql.push_str(text);
+            } else {
+                sql.push_str(&shift_parameters(text, bound));
+            }
             bound += values.len();
         }
         sql
@@ -200,28 +204,16 @@ fn complete(answers: Vec<Answer>, expected: usize) -> Result<Vec<Answer>, DbErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Backend, Db, Migrations};
+    use crate::db::{Backend, Db};
     use crate::on_backend;
     use crate::testing::{TestDatabase, assert_one_hand_off, statement_log};
 
     async fn setup() -> (TestDatabase, Db) {
-        let database = TestDatabase::new("together");
-        let db = database
-            .migrated(&Migrations {
-                sqlite: sqlx::migrate!("../../migrations/sqlite/cart"),
-                postgres: sqlx::migrate!("../../migrations/postgres/cart"),
-            })
-            .await
-            .expect("migrated");
-        let mut tx = db.begin().await.unwrap();
-        on_backend!(&mut tx, conn => {
-            sqlx::query("CREATE TABLE together (id TEXT PRIMARY KEY, n BIGINT NOT NULL)")
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-        });
-        tx.commit().await.unwrap();
-        (database, db)
+        TestDatabase::with_scratch_table(
+            "together",
+            "CREATE TABLE together (id TEXT PRIMARY KEY, n BIGINT NOT NULL)",
+        )
+        .await
     }
 
     async fn stored(db: &Db) -> Vec<(String, i64)> {

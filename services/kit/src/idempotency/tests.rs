@@ -37,22 +37,11 @@ fn answer(quantity: i64) -> Cart {
 }
 
 async fn setup(config: IdempotencyConfig) -> (TestDatabase, Db, Idempotency) {
-    let database = TestDatabase::new("idem");
-    let db = database
-        .migrated(&crate::db::Migrations {
-            sqlite: sqlx::migrate!("../../migrations/sqlite/cart"),
-            postgres: sqlx::migrate!("../../migrations/postgres/cart"),
-        })
-        .await
-        .expect("migrated");
-    let mut tx = db.begin().await.unwrap();
-    on_backend!(&mut tx, conn => {
-        sqlx::query("CREATE TABLE effects (id TEXT NOT NULL, note TEXT NOT NULL)")
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    });
-    tx.commit().await.unwrap();
+    let (database, db) = TestDatabase::with_scratch_table(
+        "idem",
+        "CREATE TABLE effects (id TEXT NOT NULL, note TEXT NOT NULL)",
+    )
+    .await;
     let layer = Idempotency::new(db.clone(), config);
     (database, db, layer)
 }
